@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 LETTERS = tuple(string.ascii_uppercase)
+WORD_PATTERN = r"[A-Za-z0-9']+|[^\sA-Za-z0-9']"
 
 Q_POS = "Look for the face, voice and words that reveal the emotion."
 Q_NEG = "Note the background colour and the objects."
@@ -157,11 +158,8 @@ def vocabulary() -> list:
 
 
 def split_words(text: str) -> list:
-    """The word/punctuation split used by the embedded tokenizer (lower-cased words, punctuation
-    as separate tokens, single capital letters kept as option letters)."""
+    """The word/punctuation split used by the embedded tokenizer: runs of letters, digits and
+    apostrophes are words (case kept), every other non-space character is its own token."""
     import re
 
-    out = []
-    for tok in re.findall(r"[A-Za-z0-9']+|[^\sA-Za-z0-9']", text):
-        out.append(tok if (len(tok) == 1 and tok.isupper()) else tok.lower())
-    return out
+    return re.findall(WORD_PATTERN, text)

@@ -1,0 +1,147 @@
+"""Run a method over a dataset: predictions, metrics, latency, and token-selection quality.
+
+``evaluate(model, dataset, method)`` is what ``emolens eval`` calls; notebooks call it too.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+
+def _as_method(method, params: Optional[dict]):
+    from .methods import Method, from_dict, get_method
+
+    if isinstance(method, Method):
+        if params:
+            raise ValueError("pass hyperparameters either in the Method object or in params, not both")
+        return method
+    if isinstance(method, dict):
+        return from_dict({**method, **(params or {})})
+    return get_method(method, **(params or {}))
+
+
+def _as_dataset(dataset, split: str, limit: Optional[int], root=None, **world):
+    if hasattr(dataset, "labels") and hasattr(dataset, "__iter__"):
+        return dataset
+    from .data import load_dataset
+
+    return load_dataset(dataset, split=split, limit=limit, root=root, **world)
+
+
+def selection_quality(preds, samples) -> Optional[dict]:
+    """Mean precision/recall of the selected visual tokens against the world's ground-truth cue
+    tokens (only for methods that select tokens and datasets that know the cues)."""
+    from .metrics import selection_scores
+
+    rows = []
+    for p, s in zip(preds, samples):
+        truth = p.extra.get("_cue_visual") if p.extra else None
+        if p.selected_visual is None or truth is None:
+            continue
+        rows.append(selection_scores(np.asarray(p.selected_visual, bool), np.asarray(truth, bool)))
+    if not rows:
+        return None
+    keys = ("precision", "recall", "f1")
+    return {k: float(np.mean([r[k] for r in rows])) for k in keys} | {"n": len(rows)}
+
+
+def evaluate(model, dataset, method="zero-shot", params: Optional[dict] = None, *, split: str = "test",
+             limit: Optional[int] = None, batch_size: int = 16, seed: int = 0, root=None, progress: bool = True,
+             world: Optional[dict] = None) -> dict:
+    """Evaluate one method on one dataset.
+
+    Args:
+        model: a :class:`~emolens.models.base.LoadedModel` or a name/path for :func:`emolens.load_model`.
+        dataset: a dataset object or a manifest name/path (``world-mer``, ``mer2023`` with ``root``...).
+        method: a name, a plain dict ``{"method": ..., **hp}`` or a Method instance.
+        params: hyperparameters for a method given by name.
+        limit: evaluate only the first ``limit`` samples of the split.
+        world: overrides for world datasets (``eps``, ``conflict``, ``informative``).
+
+    Returns:
+        dict with ``metrics`` (war, uar, f1, macro_f1, per-class recall), ``latency_s`` (mean seconds
+        per sample, and total), ``predictions`` (per sample: uid, gold, predicted, option probs, method
+        extras), ``config`` and, for token-selecting methods on the world, ``selection``.
+    """
+    from . import metrics as M
+    from .methods import Task
+
+    if isinstance(model, (str, Path)):
+        from .models import load_model
+
+        model = load_model(str(model))
+    m = _as_method(method, params)
+    ds = _as_dataset(dataset, split, limit, root=root, **(world or {}))
+    m.check_data(getattr(ds, "modalities", ()) or ())
+    task = Task.from_dataset(ds)
+    samples = [ds[i] for i in range(len(ds) if limit is None else min(limit, len(ds)))]
+    if not samples:
+        raise ValueError(f"dataset {getattr(ds, 'name', dataset)!r} split {split!r} has no samples")
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    preds, seconds = [], 0.0
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(samples), desc=f"{m.name} on {getattr(ds, 'name', '')}", disable=not progress)
+    for i in range(0, len(samples), batch_size):
+        chunk = samples[i:i + batch_size]
+        t0 = time.perf_counter()
+        out = m.predict(model, chunk, task)
+        seconds += time.perf_counter() - t0
+        preds.extend(out)
+        bar.update(len(chunk))
+    bar.close()
+    gold = [s.label for s in samples]
+    pred = [p.label for p in preds]
+    report = M.classification_report(gold, pred, list(task.labels))
+    result = {
+        "metrics": report,
+        "latency_s": {"per_sample": seconds / len(samples), "total": seconds, "batch_size": batch_size},
+        "predictions": [{"uid": s.uid, "gold": s.label, **p.to_dict()} for s, p in zip(samples, preds)],
+        "config": {"model": getattr(model, "name", ""), "family": getattr(model, "family", ""),
+                   "dataset": getattr(ds, "name", str(dataset)), "split": split, "n": len(samples),
+                   "seed": seed, "method": m.describe(), "world": world or {},
+                   "device": str(getattr(model, "device", "")), "dtype": str(getattr(model, "dtype", ""))},
+    }
+    sel = selection_quality(preds, samples)
+    if sel is not None:
+        result["selection"] = sel
+    for p in result["predictions"]:
+        p.get("extra", {}).pop("_cue_visual", None)
+    return result
+
+
+def write_json(result: dict, path: Union[str, Path]) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(result, indent=1, default=_jsonable))
+    return p
+
+
+def _jsonable(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def metrics_table(result: dict) -> str:
+    m = result["metrics"]
+    cfg = result["config"]
+    lines = [f"{cfg['method']['method']} on {cfg['dataset']}/{cfg['split']} (n={cfg['n']}, model={cfg['model']})",
+             f"  WAR {m['war']:.4f}   UAR {m['uar']:.4f}   F1 {m['f1']:.4f}   macro-F1 {m['macro_f1']:.4f}",
+             f"  latency {result['latency_s']['per_sample'] * 1000:.1f} ms/sample"]
+    if "selection" in result:
+        s = result["selection"]
+        lines.append(f"  selection vs ground truth: precision {s['precision']:.3f} recall {s['recall']:.3f}")
+    return "\n".join(lines)

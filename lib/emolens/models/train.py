@@ -1,0 +1,170 @@
+"""The reproducible recipe that trains emolens-tiny on the emotion world (`emolens train-tiny`).
+
+Training data: the world's *train* split (disjoint seeds from validation/test), low noise
+(eps in {0, 0.5, 1, 1.5}) and consistent modalities, so that high eps and CA-MER conflicts stay a
+real test-time shift. A fraction of samples has only one informative modality (the others carry no
+emotion evidence, they do not contradict), so the model learns to read each modality.
+
+Prompt mixture (what the methods need at test time):
+
+* fine lettered query over the view's labels (SEPM's "Answer directly with the letter ..."), half of
+  them with WETR's Q_pos/Q_neg spans, some with the "Please focus on emotion." prefix, a few with the
+  zero-shot-CoT sentence;
+* fine query restricted to the label's valence group (SEPM stage 2, PEC / NEC; neutral kept in both);
+* ambiguous-branch query (all labels + ambiguity description);
+* coarse positive/negative query, mostly with the FoE prefix (neutral samples are never given a coarse
+  target: their coarse answer is genuinely ambiguous, which is what SEPM's confidence should detect);
+* emotion-irrelevant questions (background colour, number of objects): what Q_neg is about.
+
+The loss is the cross-entropy of the answer letter at the last prompt position. Nothing here looks at
+test data; hyperparameters were set once for CPU speed, not tuned for any method.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .. import prompts as P
+
+
+def _worlds(seed: int):
+    from ..world import EmoWorld
+
+    ws = {}
+    for view in ("mer", "emoset"):
+        for eps in (0.0, 0.5, 1.0, 1.5):
+            for inf in (("visual", "audio", "text"), ("visual",), ("audio",), ("text",)):
+                if view == "emoset" and inf == ("audio",):
+                    continue
+                inf_e = tuple(m for m in inf if not (view == "emoset" and m == "audio")) if view == "emoset" else inf
+                if view == "emoset" and inf == ("visual", "audio", "text"):
+                    inf_e = ("visual", "text")
+                pt = 1.0 if inf == ("text",) else 0.5
+                ws[(view, eps, inf)] = EmoWorld(view, eps=eps, informative=inf_e, p_text_emotion=pt, seed=seed)
+    return ws
+
+
+def _vocab() -> list:
+    from ..world import vocabulary
+
+    words = set(vocabulary()) | set(P.vocabulary()) | {"Subtitle", ":"}
+    from ..world import EMOTIONS
+
+    words |= set(EMOTIONS)
+    return sorted(words)
+
+
+def make_example(ws: dict, rng: np.random.Generator):
+    """Draw one (sample, prompt-with-target) from the training mixture."""
+    view = "mer" if rng.random() < 0.6 else "emoset"
+    eps = float(rng.choice([0.0, 0.5, 1.0, 1.5]))
+    r = rng.random()
+    inf = ("visual", "audio", "text") if r < 0.6 else (("visual",), ("audio",), ("text",))[int(rng.integers(3))]
+    if view == "emoset" and inf == ("audio",):
+        inf = ("visual",)
+    w = ws[(view, eps, inf)]
+    s = w.sample("train", int(rng.integers(0, 10_000_000)))
+    labels = list(w.labels)
+    groups = w.valence_groups
+    k = rng.random()
+    if k < 0.15:
+        attr = "bg_color" if rng.random() < 0.5 else "n_objects"
+        from ..world.taxonomy import BG_COLORS
+
+        values = [c if isinstance(c, str) else c[0] for c in BG_COLORS] if attr == "bg_color" else ["1", "2", "3", "4"]
+        prompt = P.irrelevant_query(attr, values)
+        truth = str(s.meta[attr])
+        return s, prompt.with_target(truth)
+    if k < 0.35 and s.label != "neutral":
+        prompt = P.coarse_query(groups, foe=rng.random() < 0.7)
+        return s, prompt.with_target(w_valence(s.label))
+    if k < 0.50:
+        grp = [lab for lab in labels if w_valence(lab) in (w_valence(s.label), "neutral")]
+        prompt = P.fine_query(grp, foe=rng.random() < 0.5, contrastive=rng.random() < 0.5)
+        return s, prompt.with_target(s.label)
+    if k < 0.60:
+        prompt = P.fine_query(labels, foe=rng.random() < 0.5, contrastive=rng.random() < 0.5,
+                              ambiguity=P.ambiguity_description(groups))
+        return s, prompt.with_target(s.label)
+    prompt = P.fine_query(labels, foe=rng.random() < 0.3, contrastive=rng.random() < 0.5, cot=rng.random() < 0.05)
+    return s, prompt.with_target(s.label)
+
+
+def w_valence(label: str) -> str:
+    from ..world.taxonomy import VALENCE
+
+    return VALENCE[label]
+
+
+def train_tiny(out: str, *, seed: int = 0, steps: int = 3000, batch_size: int = 32, lr: float = 2e-3,
+               time_budget_s: Optional[float] = None, progress: bool = True, eval_n: int = 300) -> dict:
+    """Train emolens-tiny and save it (model, tokenizer, ``train_log.json``) to ``out``.
+
+    Args:
+        out: output folder (created; an existing non-empty folder is refused to avoid overwriting).
+        seed: seeds the init, the data stream and the world.
+        steps: optimizer steps (cosine schedule with warm-up).
+        batch_size: examples per step.
+        time_budget_s: stop early (and say so in the log) when the wall clock exceeds this.
+        eval_n: held-out validation samples scored at the end (fine query, world-mer).
+    Returns:
+        the training log dict.
+    """
+    from tqdm.auto import tqdm
+
+    from .tiny import TinyProcessor, build_model, build_tokenizer
+
+    outp = Path(out)
+    if outp.exists() and any(outp.iterdir()):
+        raise FileExistsError(f"{outp} exists and is not empty; choose a new --out folder (nothing is overwritten)")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    ws = _worlds(seed)
+    tok = build_tokenizer(_vocab())
+    model = build_model(tok, seed=seed)
+    proc = TinyProcessor(tok, model.config)
+    n_params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    model.train()
+    t0 = time.time()
+    losses, done, stopped_early = [], 0, False
+    bar = tqdm(range(steps), desc="train emolens-tiny", disable=not progress)
+    for step in bar:
+        ex = [make_example(ws, rng) for _ in range(batch_size)]
+        batch = proc([e[0] for e in ex], [e[1] for e in ex])
+        target = torch.tensor([tok.convert_tokens_to_ids(e[1].target) for e in ex])
+        out_ = model(**batch.inputs, logits_to_keep=1, use_cache=False)
+        loss = torch.nn.functional.cross_entropy(out_.logits[:, -1].float(), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        done = step + 1
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        if time_budget_s is not None and time.time() - t0 > time_budget_s:
+            stopped_early = True
+            break
+    train_s = time.time() - t0
+    model.eval()
+    outp.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(outp))
+    tok.save_pretrained(str(outp))
+    log = {"seed": seed, "steps_planned": steps, "steps_done": done, "batch_size": batch_size, "lr": lr,
+           "train_seconds": round(train_s, 1), "stopped_early_by_time_budget": stopped_early,
+           "n_params": int(n_params), "final_loss_mean_last50": float(np.mean(losses[-50:])),
+           "loss_curve": [round(float(np.mean(losses[i:i + 50])), 4) for i in range(0, len(losses), 50)],
+           "torch": torch.__version__, "threads": torch.get_num_threads()}
+    (outp / "train_log.json").write_text(json.dumps(log, indent=2))
+    return log

@@ -1,0 +1,112 @@
+"""emolens-tiny: the processor's layouts match the token sequence; the shipped checkpoint reloads
+identically; the training recipe runs (a short smoke version); the model card shows it really
+uses its inputs (above chance per single modality)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from emolens import prompts as P
+from emolens.models import TINY_DIR, load_model
+from emolens.world import EmoWorld
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return load_model("emolens-tiny", device="cpu")
+
+
+def _batch(lm, n=3, view="mer", **kw):
+    w = EmoWorld(view, **kw)
+    samples = [w.sample("test", i) for i in range(n)]
+    # different prompts -> different lengths -> left padding
+    prompts = [P.fine_query(w.labels, foe=(i % 2 == 0), contrastive=(i != 1)) for i in range(n)]
+    return samples, prompts, lm.encode(samples, prompts)
+
+
+def test_layout_matches_token_sequence(lm):
+    samples, prompts, batch = _batch(lm)
+    ids = batch.inputs["input_ids"]
+    tok = lm.processor.tokenizer
+    cfg = lm.model.config
+    for b, (s, p, lay) in enumerate(zip(samples, prompts, batch.layouts)):
+        row = ids[b]
+        assert (row[: lay.pad] == tok.pad_token_id).all() and lay.pad == int((batch.inputs["attention_mask"][b] == 0).sum())
+        assert np.array_equal(np.flatnonzero((row == cfg.image_token_id).numpy()), lay.visual)
+        assert np.array_equal(np.flatnonzero((row == cfg.audio_token_id).numpy()), lay.audio)
+        assert tok.decode(row[lay.content]).split() == s.subtitle.split()
+        for name, (a, e) in p.span_chars().items():
+            assert tok.decode(row[lay.spans[name]]).replace(" ", "") == p.text[a:e].replace(" ", "")
+        # groups partition the non-pad positions
+        parts = np.concatenate([lay.visual, lay.audio, lay.content, lay.instruction])
+        assert np.array_equal(np.sort(parts), lay.valid)
+        assert lay.answer == ids.shape[1] - 1
+        # ground-truth cue tokens are the glyph's patches
+        assert np.array_equal(lay.cue_visual, s.cue_patches(cfg.patch_size).reshape(-1))
+        words = s.subtitle.split()
+        assert [words[k] for k in np.flatnonzero(lay.cue_content)] == [words[k] for k in s.subtitle_cue_words]
+
+
+def test_emoset_has_no_audio_tokens(lm):
+    _, _, batch = _batch(lm, n=2, view="emoset")
+    assert all(l.audio.size == 0 for l in batch.layouts)
+    assert all(l.visual.size == 16 for l in batch.layouts)  # one 32x32 image, 8x8 patches
+
+
+def test_batched_equals_single(lm):
+    samples, prompts, batch = _batch(lm)
+    with torch.no_grad():
+        full = lm.model(**batch.inputs).logits[:, -1]
+        for b in range(len(samples)):
+            one = lm.encode([samples[b]], [prompts[b]])
+            single = lm.model(**one.inputs).logits[:, -1]
+            assert torch.allclose(full[b], single[0], atol=1e-4), (b, (full[b] - single[0]).abs().max())
+
+
+def test_shipped_checkpoint_reloads_identically(lm, tmp_path):
+    samples, prompts, batch = _batch(lm)
+    lm.model.save_pretrained(tmp_path)
+    lm.processor.tokenizer.save_pretrained(tmp_path)
+    again = load_model(str(tmp_path), device="cpu")
+    with torch.no_grad():
+        a = lm.model(**batch.inputs).logits
+        b = again.model(**again.encode(samples, prompts).inputs).logits
+    assert torch.equal(a, b)
+    for (n1, p1), (n2, p2) in zip(lm.model.state_dict().items(), again.model.state_dict().items()):
+        assert n1 == n2 and torch.equal(p1, p2)
+
+
+def test_letters_resolve_from_tokenizer(lm):
+    ids = lm.option_token_ids(["A", "B", "C"])
+    tok = lm.processor.tokenizer
+    assert all(tok.convert_ids_to_tokens(v[0]) == k for k, v in ids.items())
+    with pytest.raises(ValueError, match="not in the emolens-tiny vocabulary"):
+        lm.option_token_ids(["zz"])
+
+
+def test_model_card_shows_each_modality_used():
+    card = json.loads((TINY_DIR / "model_card.json").read_text())
+    chance = card["chance"]["world-mer"]
+    for m in ("visual", "audio", "text"):
+        assert card["single_modality"][m] > chance + 0.15, (m, card["single_modality"][m])
+    assert card["views"]["world-mer"] > 0.5
+    assert len(card["eps"]) == 8
+
+
+def test_model_is_small():
+    n = sum(p.numel() for p in load_model("emolens-tiny", device="cpu", attn="sdpa").model.parameters())
+    assert n <= 5_000_000
+    size = sum(f.stat().st_size for f in TINY_DIR.iterdir())
+    assert size <= 20 * 2**20
+
+
+def test_training_recipe_smoke(tmp_path):
+    from emolens.models.train import train_tiny
+
+    log = train_tiny(str(tmp_path / "m"), steps=3, batch_size=4, progress=False)
+    assert log["steps_done"] == 3 and np.isfinite(log["final_loss_mean_last50"])
+    again = load_model(str(tmp_path / "m"), device="cpu")
+    assert again.model.config.text_config.num_hidden_layers >= 8
+    with pytest.raises(FileExistsError, match="not empty"):
+        train_tiny(str(tmp_path / "m"), steps=1, batch_size=2, progress=False)

@@ -54,17 +54,32 @@ class EmolensTinyConfig(PreTrainedConfig):
     audio_dim: int = 8
     audio_tokens: int = 1
     vision_hidden: int = 128
+    vision_encoder: str = "mlp"
     tie_word_embeddings: bool = False
 
 
 class PatchEncoder(nn.Module):
-    """``[N_frames, 3, S, S]`` float in [0, 1] -> ``[N_frames, (S/p)^2, hidden]`` visual tokens."""
+    """``[N_frames, 3, S, S]`` float in [0, 1] -> ``[N_frames, (S/p)^2, hidden]`` visual tokens.
+
+    ``vision_encoder="conv"`` (the shipped model): two 3x3 convolutions then a p x p stride-p patch
+    convolution, so token i sees its own p x p patch plus a 2-pixel margin (receptive field p + 4);
+    translation-equivariant features make the glyph learnable in minutes on a CPU. ``"mlp"``: a
+    per-patch MLP (a token sees exactly its own pixels).
+    """
 
     def __init__(self, cfg: EmolensTinyConfig, hidden: int):
         super().__init__()
         p, g = cfg.patch_size, cfg.image_size // cfg.patch_size
         self.p, self.g = p, g
-        self.mlp = nn.Sequential(nn.Linear(3 * p * p, cfg.vision_hidden), nn.GELU(), nn.Linear(cfg.vision_hidden, hidden))
+        self.kind = cfg.vision_encoder
+        c = cfg.vision_hidden
+        if self.kind == "conv":
+            self.conv = nn.Sequential(nn.Conv2d(3, c // 4, 3, padding=1), nn.GELU(), nn.Conv2d(c // 4, c // 2, 3, padding=1),
+                                      nn.GELU(), nn.Conv2d(c // 2, hidden, p, stride=p))
+        elif self.kind == "mlp":
+            self.mlp = nn.Sequential(nn.Linear(3 * p * p, c), nn.GELU(), nn.Linear(c, hidden))
+        else:
+            raise ValueError(f"vision_encoder must be 'conv' or 'mlp', got {self.kind!r}")
         self.row = nn.Embedding(g, hidden)
         self.col = nn.Embedding(g, hidden)
         self.frame = nn.Embedding(cfg.max_frames, hidden)
@@ -72,8 +87,11 @@ class PatchEncoder(nn.Module):
     def forward(self, pixel_values: torch.Tensor, frame_index: torch.Tensor) -> torch.Tensor:
         n, c, s, _ = pixel_values.shape
         p, g = self.p, self.g
-        x = pixel_values.reshape(n, c, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(n, g * g, c * p * p)
-        x = self.mlp(x)
+        if self.kind == "conv":
+            x = self.conv(pixel_values).flatten(2).transpose(1, 2)  # [n, g*g, hidden], row-major
+        else:
+            x = pixel_values.reshape(n, c, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(n, g * g, c * p * p)
+            x = self.mlp(x)
         rows = torch.arange(g, device=x.device).repeat_interleave(g)
         cols = torch.arange(g, device=x.device).repeat(g)
         return x + self.row(rows)[None] + self.col(cols)[None] + self.frame(frame_index)[:, None]
@@ -303,13 +321,14 @@ def default_text_config(vocab_size: int, **over) -> dict:
     return cfg
 
 
-def build_model(tokenizer, *, seed: int = 0, image_size: int = 32, **text_over) -> EmolensTinyForConditionalGeneration:
+def build_model(tokenizer, *, seed: int = 0, image_size: int = 32, vision_encoder: str = "conv", **text_over) -> EmolensTinyForConditionalGeneration:
     from transformers import Qwen3Config
 
     torch.manual_seed(seed)
     tc = Qwen3Config(**default_text_config(len(tokenizer), **text_over))
     cfg = EmolensTinyConfig(text_config=tc, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-                            audio_token_id=tokenizer.convert_tokens_to_ids("<audio>"), image_size=image_size)
+                            audio_token_id=tokenizer.convert_tokens_to_ids("<audio>"), image_size=image_size,
+                            vision_encoder=vision_encoder)
     cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id = 0, 2, 3
     return EmolensTinyForConditionalGeneration(cfg)
 

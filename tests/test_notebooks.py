@@ -1,0 +1,86 @@
+"""The notebook collection: every notebook declares a proper `parameters` cell, and each runs once
+through papermill with small parameters (proving parameterisation works). nbval itself runs on the
+committed outputs through the README's test command (pytest --nbval on notebooks/, see pyproject)."""
+import ast
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from emolens.runner import NOTEBOOKS, execute, notebook_paths
+
+NBS = notebook_paths()
+
+# Small parameters per notebook: enough to exercise every cell quickly.
+SMALL = {"n_samples": 12, "n_eval": 12, "n_sweep": 8}
+
+
+def parameters_cell(nb):
+    cells = [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
+    return cells
+
+
+def check_parameters_source(src: str) -> list:
+    """Problems with a parameters cell: each non-blank line must be `name = <literal>  # comment`."""
+    problems = []
+    for i, line in enumerate(src.splitlines(), 1):
+        if not line.strip() or line.strip().startswith("#"):
+            continue
+        code, sep, comment = line.partition("#")
+        if not sep or not comment.strip():
+            problems.append(f"line {i} has no comment: {line!r}")
+        try:
+            tree = ast.parse(code.strip())
+        except SyntaxError:
+            problems.append(f"line {i} is not a single assignment: {line!r}")
+            continue
+        if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Assign):
+            problems.append(f"line {i} is not a single assignment: {line!r}")
+            continue
+        try:
+            ast.literal_eval(tree.body[0].value)
+        except ValueError:
+            problems.append(f"line {i} is not a literal: {line!r}")
+    return problems
+
+
+def test_collection_is_numbered_and_complete():
+    names = [p.name for p in NBS]
+    assert len(names) >= 8, names
+    assert [n[:2] for n in names] == [f"{i:02d}" for i in range(len(names))]
+
+
+@pytest.mark.parametrize("path", NBS, ids=lambda p: p.name)
+def test_parameters_cell(path):
+    nb = nbformat.read(path, as_version=4)
+    cells = parameters_cell(nb)
+    assert len(cells) == 1, f"{path.name}: exactly one cell tagged 'parameters' expected, found {len(cells)}"
+    problems = check_parameters_source(cells[0].source)
+    assert not problems, f"{path.name}: " + "; ".join(problems)
+    first_code = next(c for c in nb.cells if c.cell_type == "code")
+    assert first_code is cells[0], f"{path.name}: the parameters cell must be the first code cell"
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# "), f"{path.name}: title first"
+    assert "out_dir" in cells[0].source and "model" in cells[0].source and "seed" in cells[0].source
+
+
+@pytest.mark.parametrize("bad, why", [
+    ("n = 3", "no comment"),
+    ("n = len([1])  # computed", "not a literal"),
+    ("import os  # no", "not a single assignment"),
+])
+def test_parameters_checker_catches(bad, why):
+    assert any(why in p for p in check_parameters_source(bad))
+
+
+@pytest.mark.parametrize("path", NBS, ids=lambda p: p.name)
+def test_runs_with_small_parameters(path, tmp_path):
+    from emolens.runner import declared_parameters
+
+    declared = declared_parameters(path)
+    params = {k: v for k, v in SMALL.items() if k in declared}
+    rec = execute(path, tmp_path, params)
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res.get("notebook") == path.stem and "summary" in res
+    for k, v in params.items():
+        assert res.get("parameters", {}).get(k) == v, f"{path.name}: parameter {k} did not reach the run"

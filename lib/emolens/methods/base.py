@@ -111,8 +111,14 @@ class Method:
         return out
 
     def check_data(self, modalities: Sequence[str]) -> None:
+        """Raise a one-line error when the dataset lacks a modality this method needs. Dataset
+        modalities ``video``/``image`` count as ``visual``, ``text`` as ``text``/``content``."""
+        alias = {"video": "visual", "image": "visual", "text": "text"}
+        have = {alias.get(m, m) for m in modalities} | set(modalities)
+        if "text" in have:
+            have |= {"content", "subtitle"}
         for m in self.needs:
-            if m not in modalities:
+            if m not in have:
                 raise ValueError(f"method {self.name} needs {m} input but the dataset has only {list(modalities)}; "
                                  f"pick a dataset with {m} or change the method's token groups")
 

@@ -22,7 +22,7 @@ run: setup
 	$(BIN)/emolens notebooks --out $(OUT)
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg tests notebooks
 
 bench: setup
 	$(BIN)/emolens bench --json runs/bench.json

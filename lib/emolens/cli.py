@@ -22,9 +22,16 @@ def cmd_eval(a) -> int:
     world = {}
     for k, v in _kv(a.world).items():
         world[k] = float(v) if k == "eps" else (tuple(v.split("+")) if k == "informative" else v)
+    from .data import load_dataset
+    from .methods import get_method
+
+    # validate everything cheap before loading the model, so bad input fails in a second
+    method = get_method(a.method, **_kv(a.set))
+    ds = load_dataset(a.dataset, split=a.split, limit=a.limit, root=a.root, **world)
+    method.check_data(getattr(ds, "modalities", ()) or ())
     lm = load_model(a.model, device=a.device)
-    res = evaluate(lm, a.dataset, a.method, _kv(a.set), split=a.split, limit=a.limit, seed=a.seed,
-                   batch_size=a.batch_size, root=a.root, world=world or None, progress=not a.quiet)
+    res = evaluate(lm, ds, method, split=a.split, limit=a.limit, seed=a.seed, batch_size=a.batch_size,
+                   progress=not a.quiet, world=world or None)
     print(metrics_table(res))
     if a.out:
         print(f"wrote {write_json(res, a.out)}")
@@ -86,6 +93,8 @@ _EXTRA: list = []  # other modules' subcommands register here (see below)
 def _register_extras() -> None:
     import importlib
 
+    if _EXTRA:
+        return
     for mod, fn in (("emolens.cli_extra", "register"),):
         try:
             m = importlib.import_module(mod)
@@ -102,7 +111,7 @@ def main(argv=None) -> int:
     a = parser.parse_args(argv)
     try:
         return int(a.fn(a) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, TypeError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"emolens {a.cmd}: error: {msg}", file=sys.stderr)
         return 2

@@ -336,7 +336,9 @@ def build_model(tokenizer, *, seed: int = 0, image_size: int = 32, vision_encode
 def load_tiny(path: str | os.PathLike, device: torch.device, dtype: torch.dtype, attn_implementation: str = "sdpa"):
     """Load a saved emolens-tiny folder -> (model, TinyProcessor)."""
     from transformers import PreTrainedTokenizerFast
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a 1-second load needs no progress bar on stderr
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no emolens-tiny checkpoint at {path} (config.json missing); retrain with `emolens train-tiny --out {path}`")

@@ -85,3 +85,54 @@ def mask_group_plan(layouts, select, from_layer: int = 0):
         drop = np.asarray(select(lay), bool)
         keep[b, torch.as_tensor(lay.visual[drop], dtype=torch.long)] = False
     return KeyMask(from_layer=from_layer, keep=keep)
+
+
+def method_attention(lm, samples: Sequence, prompts: Sequence, method=None, layers="all",
+                     rows: Sequence[str] = ("answer",)):
+    """Capture attention rows (``rows``: group/span names) at ``layers`` while ``method`` acts.
+
+    ``method`` is None (the frozen model) or an NTS-family method (nts, str, wetr, ...) whose
+    ``forward`` accepts extra plan ops. Returns ``(batch, captures, logits)`` where
+    ``captures[(row_name, layer)]`` is an :class:`~emolens.intervene.AttnCapture`.
+    """
+    from .answers import answer_logits
+    from .intervene import Capture, Plan, intervene
+
+    batch = lm.encode(samples, prompts)
+    ops = [Capture(layers=layers, rows=r, name=f"usage:{r}") for r in rows]
+    if method is None:
+        with intervene(lm.model, batch.layouts, Plan(ops)) as trace:
+            logits = answer_logits(lm.model, batch)
+    else:
+        if not hasattr(method, "forward"):
+            raise ValueError(f"method {method.name!r} has no single-forward plan; use nts, str, wetr or a selection baseline")
+        logits, trace = method.forward(lm, batch, samples, extra_ops=ops, keep_captures=False)
+    caps = {(n.split(":", 1)[1], l): c for (n, l), c in trace.captures.items() if n.startswith("usage:")}
+    return batch, caps, logits
+
+
+def evidence_set(layout) -> np.ndarray:
+    """The world's ground-truth evidence set K (positions): cue visual tokens + emotion words."""
+    parts = []
+    if layout.cue_visual is not None:
+        parts.append(layout.visual[np.asarray(layout.cue_visual, bool)])
+    if layout.cue_content is not None and layout.content.size:
+        parts.append(layout.content[np.asarray(layout.cue_content, bool)])
+    if not parts:
+        raise ValueError("this layout has no ground truth (cue_visual/cue_content); EMass on a shared set needs it")
+    return np.concatenate(parts)
+
+
+def emass_batch(caps: dict, layer: int, layouts) -> list:
+    """WETR Fig. 6 EMass per sample at ``layer`` (see :func:`emolens.metrics.emass`): attention mass on
+    the shared evidence set K (the ground truth, :func:`evidence_set`) under the emotion-seeking span
+    Q_pos relative to the noise-seeking span Q_neg. Needs captures of rows ``q_pos`` and ``q_neg``."""
+    from .metrics import emass
+
+    pos, neg = caps[("q_pos", layer)], caps[("q_neg", layer)]
+    out = []
+    for b, lay in enumerate(layouts):
+        a_pos = pos.sample(b).mean(dim=(0, 1)).cpu().numpy()
+        a_neg = neg.sample(b).mean(dim=(0, 1)).cpu().numpy()
+        out.append(float(emass(a_pos, a_neg, evidence_set(lay))))
+    return out

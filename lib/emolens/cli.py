@@ -19,9 +19,11 @@ def cmd_eval(a) -> int:
     from .evaluate import evaluate, metrics_table, write_json
     from .models import load_model
 
+    from .runner import _coerce
+
     world = {}
     for k, v in _kv(a.world).items():
-        world[k] = float(v) if k == "eps" else (tuple(v.split("+")) if k == "informative" else v)
+        world[k] = float(v) if k == "eps" else (tuple(v.split("+")) if k == "informative" else _coerce(v))
     from .data import load_dataset
     from .methods import get_method
 

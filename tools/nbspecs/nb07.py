@@ -186,7 +186,10 @@ At the first trigger layer NTS scores every visual token by the contrast between
 the emotion-seeking span $Q_{pos}$ and the emotion-irrelevant span $Q_{neg}$ (Eq. 4), adds the
 cross-modal support (Eq. 5) and keeps the top $\\lceil p_v |I_v| \\rceil$ (Eq. 6): $m_i = 1$ for the
 tokens outlined in green; every other visual token is masked from later layers. A real benchmark has
-no ground-truth cue tokens, so no cyan boxes are drawn.
+no ground-truth cue tokens, so no cyan boxes are drawn. Two caveats of the drawing: LLaVA's image
+processor resizes and centre-crops, and the overlay spreads the token grid over the whole frame, so
+on a non-square image the boxes are shifted towards the uncropped borders; a Qwen-VL video token
+covers a pair of frames and is drawn on the first of them.
 """),
 code("""
 if not RUN:

@@ -243,7 +243,8 @@ class TinyProcessor:
             if sample.audio_kind != "features" or np.asarray(sample.audio).shape[-1] != cfg.audio_dim:
                 raise ValueError(
                     f"emolens-tiny takes {cfg.audio_dim} prosody features as audio, got {sample.audio_kind} of shape "
-                    f"{np.asarray(sample.audio).shape}; use the emotion world or drop the audio (informative without audio)")
+                    f"{np.asarray(sample.audio).shape}; use the emotion world or drop the audio (--world audio=false, or "
+                    f"load_dataset(..., audio=False))")
             audio = list(range(len(ids), len(ids) + cfg.audio_tokens))
             ids += [cfg.audio_token_id] * cfg.audio_tokens
             audio_vals = torch.as_tensor(np.asarray(sample.audio, dtype=np.float32))[None]

@@ -224,7 +224,7 @@ def model_path(tmp_path_factory):
     from emolens.models.train import train_tiny
 
     out = tmp_path_factory.mktemp("tiny")
-    train_tiny(str(out), steps=5, batch_size=4, progress=False)
+    train_tiny(str(out), steps=5, batch_size=4, vision_steps=2, progress=False)
     return str(out)
 
 

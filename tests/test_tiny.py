@@ -104,9 +104,9 @@ def test_model_is_small():
 def test_training_recipe_smoke(tmp_path):
     from emolens.models.train import train_tiny
 
-    log = train_tiny(str(tmp_path / "m"), steps=3, batch_size=4, progress=False)
+    log = train_tiny(str(tmp_path / "m"), steps=3, batch_size=4, vision_steps=2, progress=False)
     assert log["steps_done"] == 3 and np.isfinite(log["final_loss_mean_last50"])
     again = load_model(str(tmp_path / "m"), device="cpu")
     assert again.model.config.text_config.num_hidden_layers >= 8
     with pytest.raises(FileExistsError, match="not empty"):
-        train_tiny(str(tmp_path / "m"), steps=1, batch_size=2, progress=False)
+        train_tiny(str(tmp_path / "m"), steps=1, batch_size=2, vision_steps=1, progress=False)

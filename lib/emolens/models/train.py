@@ -98,14 +98,50 @@ def make_example(ws: dict, rng: np.random.Generator):
     return s, prompt.with_target(s.label)
 
 
+def pretrain_vision(model, proc, seed: int, steps: int, batch_size: int = 64, lr: float = 3e-3,
+                    progress: bool = True) -> list:
+    """Stage 0 (like the pretrained vision tower every real MLLM starts from): train the patch encoder
+    with a linear probe on max-pooled visual tokens to name the face glyph's emotion (all 12 world
+    emotions), on visual-only low-noise samples. The probe is discarded; the encoder is then frozen
+    for stage 1 (LLaVA's recipe keeps its vision tower frozen too). Max pooling over tokens makes the
+    features token-local: the glyph's own tokens must carry them."""
+    from tqdm.auto import tqdm
+
+    from ..world import EMOTIONS, EmoWorld
+
+    ws = [EmoWorld(v, eps=e, informative=("visual",), seed=seed + 1) for v in ("mer", "emoset") for e in (0.0, 0.5, 1.0, 1.5)]
+    rng = np.random.default_rng(seed + 1)
+    hidden = model.config.text_config.hidden_size
+    probe = torch.nn.Linear(hidden, len(EMOTIONS))
+    params = list(model.vision.parameters()) + list(probe.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    losses = []
+    for _ in tqdm(range(steps), desc="stage 0: vision", disable=not progress):
+        ss = [ws[int(rng.integers(len(ws)))].sample("train", int(rng.integers(0, 10_000_000))) for _ in range(batch_size)]
+        feats = []
+        for s in ss:
+            px = proc.frames_tensor(s.frames)
+            tok = model.vision(px, torch.arange(px.shape[0]))  # [T, g*g, hidden]
+            feats.append(tok.reshape(-1, hidden).max(0).values)
+        y = torch.tensor([EMOTIONS.index(s.labels_by_modality.get("visual") or s.label) for s in ss])
+        loss = torch.nn.functional.cross_entropy(probe(torch.stack(feats)), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    for p in model.vision.parameters():
+        p.requires_grad_(False)
+    return losses
+
+
 def w_valence(label: str) -> str:
     from ..world.taxonomy import VALENCE
 
     return VALENCE[label]
 
 
-def train_tiny(out: str, *, seed: int = 0, steps: int = 3000, batch_size: int = 32, lr: float = 2e-3,
-               time_budget_s: Optional[float] = None, progress: bool = True, eval_n: int = 300) -> dict:
+def train_tiny(out: str, *, seed: int = 0, steps: int = 800, batch_size: int = 32, lr: float = 3e-3,
+               vision_steps: int = 300, time_budget_s: Optional[float] = None, progress: bool = True) -> dict:
     """Train emolens-tiny and save it (model, tokenizer, ``train_log.json``) to ``out``.
 
     Args:
@@ -113,8 +149,8 @@ def train_tiny(out: str, *, seed: int = 0, steps: int = 3000, batch_size: int = 
         seed: seeds the init, the data stream and the world.
         steps: optimizer steps (cosine schedule with warm-up).
         batch_size: examples per step.
+        vision_steps: stage-0 steps pretraining the vision encoder (see :func:`pretrain_vision`).
         time_budget_s: stop early (and say so in the log) when the wall clock exceeds this.
-        eval_n: held-out validation samples scored at the end (fine query, world-mer).
     Returns:
         the training log dict.
     """
@@ -132,7 +168,11 @@ def train_tiny(out: str, *, seed: int = 0, steps: int = 3000, batch_size: int = 
     model = build_model(tok, seed=seed)
     proc = TinyProcessor(tok, model.config)
     n_params = sum(p.numel() for p in model.parameters())
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    t_start = time.time()
+    vision_losses = pretrain_vision(model, proc, seed, vision_steps, progress=progress) if vision_steps else []
+    vision_s = time.time() - t_start
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01,
+                            betas=(0.9, 0.98))
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
@@ -160,11 +200,15 @@ def train_tiny(out: str, *, seed: int = 0, steps: int = 3000, batch_size: int = 
             break
     train_s = time.time() - t0
     model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
     outp.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(outp))
     tok.save_pretrained(str(outp))
     log = {"seed": seed, "steps_planned": steps, "steps_done": done, "batch_size": batch_size, "lr": lr,
-           "train_seconds": round(train_s, 1), "stopped_early_by_time_budget": stopped_early,
+           "train_seconds": round(train_s + vision_s, 1), "vision_seconds": round(vision_s, 1),
+           "vision_steps": vision_steps, "vision_final_loss": float(np.mean(vision_losses[-20:])) if vision_losses else None,
+           "stopped_early_by_time_budget": stopped_early,
            "n_params": int(n_params), "final_loss_mean_last50": float(np.mean(losses[-50:])),
            "loss_curve": [round(float(np.mean(losses[i:i + 50])), 4) for i in range(0, len(losses), 50)],
            "torch": torch.__version__, "threads": torch.get_num_threads()}

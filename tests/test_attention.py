@@ -209,3 +209,22 @@ def test_capture_without_padding_rebuilds_causality():
         for s, caps in enumerate(trace.decode_captures):
             torch.testing.assert_close(caps[("last", layer)].probs[0, :, 0], eager[layer][0, :, L + s, :L + s + 1].float(),
                                        atol=1e-6, rtol=0)
+
+
+def test_install_and_layers_through_a_plain_wrapper_module():
+    """A plain nn.Module holding a transformers decoder as `language_model` (like an embedded model)."""
+    model, inputs, layouts = archs.qwen3_text(n_layers=2)
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, lm):
+            super().__init__()
+            self.encoder = torch.nn.Linear(4, 4)
+            self.language_model = lm
+
+    w = Wrapper(model)
+    assert A.decoder_layers(w) is model.model.layers
+    A.install(w)
+    assert A.attn_implementation(w) == "emolens"
+    with intervene(w, layouts, Capture(layers=[1], rows="answer")) as trace, torch.no_grad():
+        w.language_model(**inputs)
+    assert trace.captures[("answer", 1)].probs.shape == (2, 4, 1, inputs["input_ids"].shape[1])

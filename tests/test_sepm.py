@@ -180,15 +180,18 @@ def test_significance_and_dropping_map_match_eager_attention(lm, lm_eager, emose
 
 
 # ------------------------------------------------------------------------------------- Eq. 10
-def _perturb(samples, layouts, which, p, seed=0):
-    """Copies of the samples whose ``p x p`` patches ``which[b]`` (visual indices) get random pixels."""
+def _perturb(samples, layouts, which, p, seed=0, margin=2):
+    """Copies of the samples whose ``p x p`` patches ``which[b]`` (visual indices) get random pixels in
+    their interior. ``margin``: the shipped conv vision stem lets a token see 2 pixels of each
+    neighbouring patch, so only pixels >= 2 px from the patch border belong to that token alone."""
     rng = np.random.default_rng(seed)
     out = []
+    m = margin
     for s, lay, idx in zip(samples, layouts, which):
         f = s.frames.copy()
         for j in idx:
             t, r, c = lay.visual_grid[j]
-            f[t, r * p:(r + 1) * p, c * p:(c + 1) * p] = rng.integers(0, 256, (p, p, 3), dtype=np.uint8)
+            f[t, r * p + m:(r + 1) * p - m, c * p + m:(c + 1) * p - m] = rng.integers(0, 256, (p - 2 * m, p - 2 * m, 3), dtype=np.uint8)
         out.append(type(s)(**{**s.__dict__, "frames": f}))
     return out
 

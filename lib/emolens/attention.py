@@ -14,8 +14,14 @@ on exit. Model modules are never given new attributes and their ``forward`` meth
 patched.
 
 Also here: the row-level maths shared by captures and row edits (:func:`row_scores`,
-:func:`row_allowed`, :func:`rows_output`) and the model utilities :func:`decoder_layers`,
-:func:`text_config`, :func:`attn_implementation` and :func:`install`.
+:func:`row_allowed`, :func:`rows_output`), key-masked attention (:func:`full_allowed`,
+:func:`compact_attention`) and the model utilities :func:`decoder_layers`, :func:`text_config`,
+:func:`attn_implementation` and :func:`install`.
+
+Limits: key indices are absolute positions, which holds for transformers' default ``DynamicCache``
+(not for static/sliding-window caches that drop or offset keys); ``output_attentions=True`` returns
+nothing under ``"emolens"`` (use ``Capture``); attention dropout is not applied to edited rows
+(inference only); softcapping / attention sinks are not supported (as with SDPA).
 """
 from __future__ import annotations
 
@@ -262,6 +268,17 @@ def install(model: nn.Module, text_impl: str = NAME) -> nn.Module:
 
     Without an active ``intervene`` the outputs are bit-identical to the stock SDPA model.
     """
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel):  # a plain nn.Module wrapping a transformers decoder
+        first = decoder_layers(model)[0]
+        inner = next((m for m in model.modules() if isinstance(m, PreTrainedModel)
+                      and any(sub is first for sub in m.modules())), None)
+        if inner is None:
+            raise ValueError(f"{type(model).__name__} holds no transformers model around its decoder layers; "
+                             f"emolens needs a transformers decoder (AttentionInterface)")
+        install(inner, text_impl)
+        return model
     cfg = model.config
     tcfg = text_config(model)
     if tcfg is cfg:

@@ -294,10 +294,11 @@ class _RowsOnDevice:
     """Resolved rows for one forward: qidx [B, R] (indices into the query axis), pos [B, R] (absolute),
     valid [B, R], all_valid, and the scatter indices (bi, ri) of the valid rows."""
 
-    __slots__ = ("qidx", "pos", "valid", "all_valid", "bi", "ri")
+    __slots__ = ("qidx", "pos", "valid", "all_valid", "bi", "ri", "qi")
 
     def __init__(self, qidx, pos, valid, all_valid, bi, ri):
         self.qidx, self.pos, self.valid, self.all_valid, self.bi, self.ri = qidx, pos, valid, all_valid, bi, ri
+        self.qi = qidx[bi, ri]  # query index of each valid row (flat, b-major)
 
 
 class _Rows:
@@ -525,10 +526,12 @@ class _Session:
 
     # ------------------------------------------------------------------ the attention call
     def _allowed(self, fwd, rows: _RowsOnDevice, attention_mask, K, keep):
+        """(allowed, ~allowed) [B, 1, R, K] for these rows, computed once per forward."""
         ck = ("rows", id(rows), id(attention_mask), id(keep), K)
         got = fwd.mask_cache.get(ck)
         if got is None:
-            got = fwd.mask_cache[ck] = _attn.row_allowed(attention_mask, rows.qidx, rows.pos, K, keep)
+            allowed = _attn.row_allowed(attention_mask, rows.qidx, rows.pos, K, keep)
+            got = fwd.mask_cache[ck] = (allowed, ~allowed)
         return got
 
     def _record(self, name, layer, step, probs, rows: _RowsOnDevice):
@@ -577,7 +580,7 @@ class _Session:
             for op, name, rows, qk in caps:
                 r = rows.resolve(phase, Q, K, dev)
                 scores = _attn.row_scores(query, key, r.qidx, sc)
-                probs = torch.softmax(scores.masked_fill_(~self._allowed(fwd, r, attention_mask, K, keep), neg_inf), -1)
+                probs = torch.softmax(scores.masked_fill_(self._allowed(fwd, r, attention_mask, K, keep)[1], neg_inf), -1)
                 if not r.all_valid:
                     probs = probs.masked_fill_(~r.valid[:, None, :, None], 0.0)
                 rec = self._record(name, layer, step, probs, r)
@@ -592,18 +595,18 @@ class _Session:
         for op, rows in edits:
             r = rows.resolve(phase, Q, K, dev)
             scores = _attn.row_scores(query, key, r.qidx, sc)
-            allowed = self._allowed(fwd, r, attention_mask, K, keep)
+            allowed, blocked = self._allowed(fwd, r, attention_mask, K, keep)
             ctx = RowContext(self, layer, step, r.pos, r.valid, allowed, K)
             if op.stage == "logits":
                 scores = op.fn(scores, ctx)
-                probs = torch.softmax(scores.masked_fill(~allowed, neg_inf), dim=-1)
+                probs = torch.softmax(scores.masked_fill(blocked, neg_inf), dim=-1)
             else:
-                probs = torch.softmax(scores.masked_fill_(~allowed, neg_inf), dim=-1)
+                probs = torch.softmax(scores.masked_fill_(blocked, neg_inf), dim=-1)
                 if not r.all_valid:  # padding rows of R: zeros, not NaN, for the callback
                     probs = probs.masked_fill_(~r.valid[:, None, :, None], 0.0)
                 probs = op.fn(probs, ctx)
             o = _attn.rows_output(probs, value).to(out.dtype)            # [B, R, H, D]
-            out[r.bi, r.qidx[r.bi, r.ri]] = o[r.bi, r.ri]
+            out[r.bi, r.qi] = o.flatten(0, 1) if r.all_valid else o[r.bi, r.ri]
             if op.name:
                 if not r.all_valid:
                     probs = probs.masked_fill(~r.valid[:, None, :, None], 0.0)

@@ -1,4 +1,6 @@
 # The README's two commands are `make run` and `make test`; both set up .venv on first use.
+# OMP_NUM_THREADS defaults to 1 for run/test: emolens-tiny's ops are too small to gain from 2 threads,
+# and on a busy 2-core machine thread spin-waits made notebooks 4-10x slower (measured).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -19,10 +21,10 @@ $(BIN)/emolens: pyproject.toml
 setup: $(BIN)/emolens
 
 run: setup
-	$(BIN)/emolens notebooks --out $(OUT)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/emolens notebooks --out $(OUT)
 
 test: setup
-	$(BIN)/python -m pytest -q --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg tests notebooks
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg tests notebooks
 
 bench: setup
 	$(BIN)/emolens bench --json runs/bench.json

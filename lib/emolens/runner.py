@@ -79,7 +79,7 @@ def execute(path: Path, out_dir: Path, params: dict, progress: bool = False) -> 
     out_dir.mkdir(parents=True, exist_ok=True)
     p = dict(params)
     if "out_dir" in declared:
-        p["out_dir"] = str(out_dir)
+        p["out_dir"] = str(out_dir.resolve())  # the kernel runs in notebooks/: pass an absolute path
     t0 = time.time()
     pm.execute_notebook(str(path), str(out_dir / path.name), parameters=p, kernel_name=_kernel_name(),
                         cwd=str(path.parent), progress_bar=progress, log_output=False)

@@ -110,3 +110,21 @@ def test_training_recipe_smoke(tmp_path):
     assert again.model.config.text_config.num_hidden_layers >= 8
     with pytest.raises(FileExistsError, match="not empty"):
         train_tiny(str(tmp_path / "m"), steps=1, batch_size=2, vision_steps=1, progress=False)
+
+
+def test_emolens_attention_is_identical_to_stock_sdpa(lm):
+    """Identity on the embedded model: the registered attention with no plan (and with an empty plan)
+    gives the stock SDPA model's logits, batched with left padding, and identical generate() tokens."""
+    from emolens.intervene import Plan, intervene
+
+    stock = load_model("emolens-tiny", device="cpu", attn="sdpa")
+    samples, prompts, batch = _batch(lm)
+    with torch.no_grad():
+        ref = stock.model(**batch.inputs).logits
+        got = lm.model(**batch.inputs).logits
+        with intervene(lm.model, batch.layouts, Plan([])):
+            got_plan = lm.model(**batch.inputs).logits
+        gen_ref = stock.model.generate(**batch.inputs, max_new_tokens=4, do_sample=False)
+        gen = lm.model.generate(**batch.inputs, max_new_tokens=4, do_sample=False)
+    assert torch.allclose(ref, got, atol=1e-5) and torch.allclose(ref, got_plan, atol=1e-5)
+    assert torch.equal(gen_ref, gen)

@@ -135,7 +135,9 @@ class EmolensTinyForConditionalGeneration(PreTrainedModel, GenerationMixin):
         """``[B, L]`` ids -> ``[B, L, hidden]`` embeddings with media placeholders filled."""
         emb = self.language_model.embed_tokens(input_ids)
         cfg = self.config
-        if pixel_values is not None:
+        # generate() keeps passing media kwargs on decode steps (only pixel_values is dropped by
+        # transformers): media are embedded only where the ids hold their placeholders.
+        if pixel_values is not None and bool((input_ids == cfg.image_token_id).any()):
             if frame_index is None:
                 frame_index = torch.zeros(pixel_values.shape[0], dtype=torch.long, device=pixel_values.device)
             vis = self.vision(pixel_values.to(emb.dtype), frame_index).reshape(-1, emb.shape[-1])
@@ -143,7 +145,7 @@ class EmolensTinyForConditionalGeneration(PreTrainedModel, GenerationMixin):
             if int(m.sum()) != vis.shape[0]:
                 raise ValueError(f"{int(m.sum())} <image> tokens but {vis.shape[0]} visual features; encode inputs with the emolens-tiny processor")
             emb = emb.masked_scatter(m[..., None], vis.to(emb.dtype))
-        if audio_values is not None:
+        if audio_values is not None and bool((input_ids == cfg.audio_token_id).any()):
             aud = self.audio(audio_values.to(emb.dtype)).reshape(-1, emb.shape[-1])
             m = input_ids == cfg.audio_token_id
             if int(m.sum()) != aud.shape[0]:

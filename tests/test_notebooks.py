@@ -62,6 +62,14 @@ def test_parameters_cell(path):
     assert first_code is cells[0], f"{path.name}: the parameters cell must be the first code cell"
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# "), f"{path.name}: title first"
     assert "out_dir" in cells[0].source and "model" in cells[0].source and "seed" in cells[0].source
+    # papermill must parse every line with its comment, so `papermill --help-notebook` documents it
+    from emolens.runner import declared_parameters
+
+    declared = declared_parameters(path)
+    n_lines = sum(1 for l in cells[0].source.splitlines() if l.strip() and not l.strip().startswith("#"))
+    assert len(declared) == n_lines, f"{path.name}: papermill parsed {len(declared)} of {n_lines} parameters"
+    undocumented = [k for k, v in declared.items() if not v.get("help")]
+    assert not undocumented, f"{path.name}: papermill found no help comment for {undocumented}"
 
 
 @pytest.mark.parametrize("bad, why", [

@@ -42,7 +42,7 @@ n_eval = 128  # samples for every accuracy comparison (Tables 2-3, Figs. 3 and 6
 sample_index = 0  # which sample to walk through in detail
 eps = 0.0  # world noise level (0..7), world datasets only
 alpha = 0.1  # confidence threshold on C (Eq. 4; C lies in [0, 0.25]); SEPM default 0.1
-beta = 0.2  # dropping ratio, k = floor(beta N_v) tokens dropped (Eq. 9); SEPM default 0.2
+beta = 0.2  # dropping ratio: floor(beta N_v) tokens dropped (Eq. 9); SEPM default 0.2
 strategy = "foe"  # dropping strategy of the main run: foe | query | random (Table 2)
 alphas = [0.0, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25]  # alpha sweep (Fig. 3)
 betas = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]  # beta sweep (Fig. 3)

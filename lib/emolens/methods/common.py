@@ -17,17 +17,21 @@ def fine_prompts(samples: Sequence, task: Task, **kw) -> list:
     return [P.fine_query(task.labels, **kw) for _ in samples]
 
 
+def forward_logits(lm, batch, plan=None):
+    """One forward of an encoded batch, under ``plan`` when given: ``(logits [B, V], trace_or_None)``."""
+    if plan is None:
+        return answer_logits(lm.model, batch), None
+    from ..intervene import intervene
+
+    with intervene(lm.model, batch.layouts, plan) as trace:
+        logits = answer_logits(lm.model, batch)
+    return logits, trace
+
+
 def run(lm, samples: Sequence, prompts: Sequence, plan=None, batch=None):
     """Encode and forward once. Returns ``(answers, trace_or_None, batch)``."""
     batch = batch if batch is not None else lm.encode(samples, prompts)
-    if plan is None:
-        logits = answer_logits(lm.model, batch)
-        trace = None
-    else:
-        from ..intervene import intervene
-
-        with intervene(lm.model, batch.layouts, plan) as trace:
-            logits = answer_logits(lm.model, batch)
+    logits, trace = forward_logits(lm, batch, plan)
     return read_answers(logits, batch.prompts, lm.option_token_ids), trace, batch
 
 

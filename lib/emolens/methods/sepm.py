@@ -88,9 +88,10 @@ import numpy as np
 import torch
 
 from .. import prompts as P
-from ..answers import answer_logits, read_answers
+from ..answers import read_answers
 from ..metrics import confidence_variance
 from .base import Method, Param, Prediction, Task
+from .common import forward_logits
 
 STRATEGIES = ("foe", "query", "random")
 BRANCHES = ("positive", "negative", "ambiguous", "all")
@@ -207,14 +208,7 @@ def fine_prompt(task: Task, branch: str, *, fp: bool = True, prompt_spans: bool 
 # =========================================================================== the two stages
 def _forward(lm, batch, plan=None):
     """One forward: ``(answers, logits [B, V] float32 cpu, trace or None)``."""
-    if plan is None:
-        logits = answer_logits(lm.model, batch)
-        trace = None
-    else:
-        from ..intervene import intervene
-
-        with intervene(lm.model, batch.layouts, plan) as trace:
-            logits = answer_logits(lm.model, batch)
+    logits, trace = forward_logits(lm, batch, plan)
     answers = read_answers(logits, batch.prompts, lm.option_token_ids)
     return answers, logits.detach().float().cpu(), trace
 

@@ -6,15 +6,20 @@ VENV := .venv
 BIN := $(VENV)/bin
 # CPU wheel by default (on disk here); a GPU user runs `make setup TORCH=torch` or installs a CUDA build first.
 TORCH ?= torch==2.13.0
+# Every extra the notebooks, tests and cluster executors use. The versions come from the lock.
+EXTRAS ?= notebooks,dev,lab,cluster
+LOCK := requirements.lock
 OUT ?= runs/notebooks
+LATEST := .venv-latest
+PYTEST_ARGS := -q --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg tests notebooks
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test test-latest lock bench clean
 
-$(BIN)/emolens: pyproject.toml
+# Installs the exact tested versions: the lock is a pip constraints file (pyproject keeps ranges).
+$(BIN)/emolens: pyproject.toml $(LOCK)
 	$(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[notebooks,dev]"
+	$(BIN)/python -m pip install -q "$$(grep '^pip==' $(LOCK))"
+	$(BIN)/python -m pip install -q -c $(LOCK) "$(TORCH)" -e ".[$(EXTRAS)]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(BIN)/emolens
 
@@ -23,11 +28,29 @@ setup: $(BIN)/emolens
 run: setup
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/emolens notebooks --out $(OUT)
 
+# CPU and float32 whatever the machine has, so the committed outputs compare on any machine.
 test: setup
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg tests notebooks
+	CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Drift check: a throwaway venv with the newest versions pyproject allows (no lock), then the tests.
+test-latest:
+	rm -rf $(LATEST)
+	$(PY) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q --upgrade pip
+	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager "$(TORCH)" -e ".[$(EXTRAS)]"
+	$(LATEST)/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	$(LATEST)/bin/python -m pip list 2>/dev/null | grep -iE '^(transformers|torch|numpy|papermill) '
+	CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(LATEST)/bin/python -m pytest $(PYTEST_ARGS)
+
+# After `make test-latest` passes: record its versions as the new lock.
+lock:
+	test -x $(LATEST)/bin/python || { echo "run make test-latest first (it builds $(LATEST))"; exit 2; }
+	{ sed -n '1,3p' $(LOCK); echo "pip==$$($(LATEST)/bin/python -m pip --version | cut -d' ' -f2)"; \
+	  $(LATEST)/bin/python -m pip freeze --exclude-editable | grep -viE '^(torch|emolens)[= ]'; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
 
 bench: setup
 	$(BIN)/emolens bench --json runs/bench.json
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(LATEST) runs

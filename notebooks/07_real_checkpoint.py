@@ -1,32 +1,29 @@
-from nbbuild import build, code, md, params
+# %% [markdown]
+# # 07 · The methods on a real checkpoint and a real benchmark (GPU walkthrough)
+#
+# Notebooks 00-06 run on the embedded emolens-tiny model and the emotion world. This one points the
+# same library at **your** checkpoint (LLaVA, Qwen2-VL, Qwen2.5-VL, Qwen3-VL or InternVL, from a local
+# folder or the local Hugging Face cache) and **your** local copy of a real benchmark (EmoSet, MER2023,
+# MAFW, DFEW, ... as laid out in `data_manifests/<name>.yaml`). Nothing is downloaded.
+#
+# **What you will see** when the weights, the dataset copy and a GPU are present:
+#
+# 1. a status cell that says plainly what is present and what is not;
+# 2. zero-shot vs WETR vs SEPM vs AR on a slice of the split, through `emolens.evaluate` (WAR, UAR,
+#    F1, latency), the same numbers `emolens eval` writes;
+# 3. WETR's NTS selection (the kept visual tokens, Eq. 6) drawn over the frames;
+# 4. SEPM's Focus-on-Emotion dropping map (the $k = \lfloor \beta N_v \rfloor$ least significant
+#    visual tokens, Eq. 9) drawn over the frames;
+# 5. MoSEAR's UAP per layer (Eq. 1) for AR's source and target groups, and how many heads AR rebalances
+#    (Eq. 7-14);
+# 6. `results.json` for sweeps.
+#
+# When something is missing (this is the case on the CPU-only machines the collection is tested on),
+# the status cell says which, sets `RUN = False`, and every heavy cell prints `skipped: <reason>`.
+# No result is ever faked. Set `allow_cpu = True` to run the heavy cells without a GPU (e.g. on a tiny
+# checkpoint saved by `tests/hf_checkpoints.py`).
 
-build("07_real_checkpoint", [
-md("""
-# 07 · The methods on a real checkpoint and a real benchmark (GPU walkthrough)
-
-Notebooks 00-06 run on the embedded emolens-tiny model and the emotion world. This one points the
-same library at **your** checkpoint (LLaVA, Qwen2-VL, Qwen2.5-VL, Qwen3-VL or InternVL, from a local
-folder or the local Hugging Face cache) and **your** local copy of a real benchmark (EmoSet, MER2023,
-MAFW, DFEW, ... as laid out in `data_manifests/<name>.yaml`). Nothing is downloaded.
-
-**What you will see** when the weights, the dataset copy and a GPU are present:
-
-1. a status cell that says plainly what is present and what is not;
-2. zero-shot vs WETR vs SEPM vs AR on a slice of the split, through `emolens.evaluate` (WAR, UAR,
-   F1, latency), the same numbers `emolens eval` writes;
-3. WETR's NTS selection (the kept visual tokens, Eq. 6) drawn over the frames;
-4. SEPM's Focus-on-Emotion dropping map (the $k = \\lfloor \\beta N_v \\rfloor$ least significant
-   visual tokens, Eq. 9) drawn over the frames;
-5. MoSEAR's UAP per layer (Eq. 1) for AR's source and target groups, and how many heads AR rebalances
-   (Eq. 7-14);
-6. `results.json` for sweeps.
-
-When something is missing (this is the case on the CPU-only machines the collection is tested on),
-the status cell says which, sets `RUN = False`, and every heavy cell prints `skipped: <reason>`.
-No result is ever faked. Set `allow_cpu = True` to run the heavy cells without a GPU (e.g. on a tiny
-checkpoint saved by `tests/hf_checkpoints.py`).
-"""),
-params("""
+# %% tags=["parameters"]
 model = "llava-hf/llava-1.5-7b-hf"  # local checkpoint folder or cached HF id (LLaVA, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, InternVL)
 dataset = "emoset"  # real benchmark manifest name or path (data_manifests/), e.g. emoset or mer2023
 root = ""  # folder holding your local copy of the dataset, empty if you have none
@@ -48,15 +45,15 @@ tau = 1.0  # AR layer-bias threshold tau (MoSEAR Eq. 7)
 ar_source = "auto"  # AR source group, auto picks audio if the model has audio tokens, else subtitle content, else instruction
 ar_target = "visual"  # AR target group
 out_dir = "../runs/notebooks/07_real_checkpoint"  # where figures and results.json go
-"""),
-md("""
-## Status: GPU, weights, dataset copy
 
-Each check is guarded: a failure prints its one-line reason (the same message `emolens eval` would
-print) and the walkthrough is skipped rather than faked. The weights are only loaded when they will
-be used (a GPU is present, or `allow_cpu = True`); otherwise the checkpoint is only located.
-"""),
-code("""
+# %% [markdown]
+# ## Status: GPU, weights, dataset copy
+#
+# Each check is guarded: a failure prints its one-line reason (the same message `emolens eval` would
+# print) and the walkthrough is skipped rather than faked. The weights are only loaded when they will
+# be used (a GPU is present, or `allow_cpu = True`); otherwise the checkpoint is only located.
+
+# %%
 import os
 from pathlib import Path
 
@@ -71,7 +68,7 @@ from emolens.methods import Task
 
 
 def short(msg):
-    \"\"\"A one-line reason with machine-specific folders abbreviated (so this cell's output is stable).\"\"\"
+    """A one-line reason with machine-specific folders abbreviated (so this cell's output is stable)."""
     msg = str(msg).strip().splitlines()[0] if str(msg).strip() else "error"
     try:
         from huggingface_hub import constants
@@ -127,24 +124,24 @@ elif where is not None:
 RUN = not missing
 WHY = ", ".join(missing)
 print("RUN =", RUN, "" if RUN else f"(skipped: {WHY})")
-"""),
-md("""
-## 1 · Zero-shot vs WETR vs SEPM vs AR on a slice
 
-Every method is the same `Method` object `emolens eval --method NAME --set k=v` builds, run by
-`emolens.evaluate` on the first `n_samples` samples of the split.
+# %% [markdown]
+# ## 1 · Zero-shot vs WETR vs SEPM vs AR on a slice
+#
+# Every method is the same `Method` object `emolens eval --method NAME --set k=v` builds, run by
+# `emolens.evaluate` on the first `n_samples` samples of the split.
+#
+# * **WETR** (seed 000): at each trigger layer $l \bmod n_r = 0$, NTS sets $m_i$ and STR sets
+#   $\gamma_i$ of $w_i = m_i \gamma_i$ (Eq. 2). On a real checkpoint `n_r` must follow its depth
+#   (the paper: 9 of 36 layers); `n_r = 0` picks a quarter of the depth. A model too shallow to have a
+#   trigger in $1..L-2$ gets the literal set including layer 0.
+# * **SEPM** (seed 001): coarse valence first, then the fine query with the least emotion-significant
+#   visual tokens dropped.
+# * **AR** (seed 003): heads that over-attend the source group give mass to the target group. MoSEAR's
+#   source is audio; these VLM families take no audio input here, so `ar_source = "auto"` falls back to
+#   the subtitle content (or, for image benchmarks without subtitles, the instruction).
 
-* **WETR** (seed 000): at each trigger layer $l \\bmod n_r = 0$, NTS sets $m_i$ and STR sets
-  $\\gamma_i$ of $w_i = m_i \\gamma_i$ (Eq. 2). On a real checkpoint `n_r` must follow its depth
-  (the paper: 9 of 36 layers); `n_r = 0` picks a quarter of the depth. A model too shallow to have a
-  trigger in $1..L-2$ gets the literal set including layer 0.
-* **SEPM** (seed 001): coarse valence first, then the fine query with the least emotion-significant
-  visual tokens dropped.
-* **AR** (seed 003): heads that over-attend the source group give mass to the target group. MoSEAR's
-  source is audio; these VLM families take no audio input here, so `ar_source = "auto"` falls back to
-  the subtitle content (or, for image benchmarks without subtitles, the instruction).
-"""),
-code("""
+# %%
 if not RUN:
     print("skipped:", WHY)
 else:
@@ -178,20 +175,20 @@ else:
                      "method", "value", hue="metric", title=f"{ds.name}/{split} (n={len(samples)})", ylim=(0, 1))
     plots.save(fig, out_dir, "methods_compared")
     display(table.round(4))
-"""),
-md("""
-## 2 · WETR's NTS selection over the frames (Eq. 4-7)
 
-At the first trigger layer NTS scores every visual token by the contrast between the attention of
-the emotion-seeking span $Q_{pos}$ and the emotion-irrelevant span $Q_{neg}$ (Eq. 4), adds the
-cross-modal support (Eq. 5) and keeps the top $\\lceil p_v |I_v| \\rceil$ (Eq. 6): $m_i = 1$ for the
-tokens outlined in green; every other visual token is masked from later layers. A real benchmark has
-no ground-truth cue tokens, so no cyan boxes are drawn. Two caveats of the drawing: LLaVA's image
-processor resizes and centre-crops, and the overlay spreads the token grid over the whole frame, so
-on a non-square image the boxes are shifted towards the uncropped borders; a Qwen-VL video token
-covers a pair of frames and is drawn on the first of them.
-"""),
-code("""
+# %% [markdown]
+# ## 2 · WETR's NTS selection over the frames (Eq. 4-7)
+#
+# At the first trigger layer NTS scores every visual token by the contrast between the attention of
+# the emotion-seeking span $Q_{pos}$ and the emotion-irrelevant span $Q_{neg}$ (Eq. 4), adds the
+# cross-modal support (Eq. 5) and keeps the top $\lceil p_v |I_v| \rceil$ (Eq. 6): $m_i = 1$ for the
+# tokens outlined in green; every other visual token is masked from later layers. A real benchmark has
+# no ground-truth cue tokens, so no cyan boxes are drawn. Two caveats of the drawing: LLaVA's image
+# processor resizes and centre-crops, and the overlay spreads the token grid over the whole frame, so
+# on a non-square image the boxes are shifted towards the uncropped borders; a Qwen-VL video token
+# covers a pair of frames and is drawn on the first of them.
+
+# %%
 if not RUN:
     print("skipped:", WHY)
 else:
@@ -210,16 +207,16 @@ else:
     else:
         fig = plots.overlay_tokens(s, lay, selected=kept, truth=False, title="NTS kept")
         plots.save(fig, out_dir, "nts_kept_tokens")
-"""),
-md("""
-## 3 · SEPM's dropped visual tokens (Eq. 5-10)
 
-Stage 1 asks the coarse valence question and measures the confidence $C$ (Eq. 4); stage 2 asks the
-fine question of the chosen branch. The Focus-on-Emotion span's attention to each visual token gives
-its significance; the $k = \\lfloor \\beta N_v \\rfloor$ least significant tokens (the dropping map $R$,
-Eq. 9) are removed in stage 2. Highlighted: the dropped tokens of the detailed sample.
-"""),
-code("""
+# %% [markdown]
+# ## 3 · SEPM's dropped visual tokens (Eq. 5-10)
+#
+# Stage 1 asks the coarse valence question and measures the confidence $C$ (Eq. 4); stage 2 asks the
+# fine question of the chosen branch. The Focus-on-Emotion span's attention to each visual token gives
+# its significance; the $k = \lfloor \beta N_v \rfloor$ least significant tokens (the dropping map $R$,
+# Eq. 9) are removed in stage 2. Highlighted: the dropped tokens of the detailed sample.
+
+# %%
 if not RUN:
     print("skipped:", WHY)
 else:
@@ -233,16 +230,16 @@ else:
     else:
         fig = plots.overlay_tokens(s, lay, values=dropped.astype(float), truth=False, cmap="Reds", title="SEPM dropped")
         plots.save(fig, out_dir, "sepm_dropped_tokens")
-"""),
-md("""
-## 4 · AR: UAP per layer (MoSEAR Eq. 1) and the heads it rebalances (Eq. 7-14)
 
-$\\mathrm{UAP}_g = \\frac{1}{H} \\sum_h \\sum_{x \\in g} w_h(x)$ at the answer row, per layer, for
-AR's source and target groups (averaged over the slice). A layer is biased when its ratio
-$c = S(A)/S(V)$ exceeds $\\tau$ (Eq. 7); in such a layer every head with $c_h > c$ gives mass from
-$A$ to $V$ until its ratio equals $c$ (Eq. 12-14).
-"""),
-code("""
+# %% [markdown]
+# ## 4 · AR: UAP per layer (MoSEAR Eq. 1) and the heads it rebalances (Eq. 7-14)
+#
+# $\mathrm{UAP}_g = \frac{1}{H} \sum_h \sum_{x \in g} w_h(x)$ at the answer row, per layer, for
+# AR's source and target groups (averaged over the slice). A layer is biased when its ratio
+# $c = S(A)/S(V)$ exceeds $\tau$ (Eq. 7); in such a layer every head with $c_h > c$ gives mass from
+# $A$ to $V$ until its ratio equals $c$ (Eq. 12-14).
+
+# %%
 if not RUN:
     print("skipped:", WHY)
 else:
@@ -258,16 +255,16 @@ else:
                               title=f"AR {src} -> {ar_target}, tau = {tau}")
     plots.save(fig, out_dir, "ar_biased_heads")
     display(pd.DataFrame({**{k: v for k, v in curves.items()}, "AR heads": n_biased}).rename_axis("layer").round(4))
-"""),
-md("""
-## Checks that fail loudly
 
-* every method answered every sample with a label of the dataset and option probabilities summing to 1;
-* WETR kept $\\max(1, \\lceil p_v |I_v| \\rceil)$ visual tokens at its first trigger (Eq. 6);
-* SEPM dropped exactly $\\lfloor \\beta N_v \\rfloor$ distinct visual tokens (Eq. 9);
-* UAP of a group lies in $[0, 1]$ and AR moved a non-negative mass.
-"""),
-code("""
+# %% [markdown]
+# ## Checks that fail loudly
+#
+# * every method answered every sample with a label of the dataset and option probabilities summing to 1;
+# * WETR kept $\max(1, \lceil p_v |I_v| \rceil)$ visual tokens at its first trigger (Eq. 6);
+# * SEPM dropped exactly $\lfloor \beta N_v \rfloor$ distinct visual tokens (Eq. 9);
+# * UAP of a group lies in $[0, 1]$ and AR moved a non-negative mass.
+
+# %%
 if not RUN:
     print("skipped:", WHY)
 else:
@@ -288,8 +285,8 @@ else:
         assert np.all((prof["uap"][g] >= -1e-6) & (prof["uap"][g] <= 1 + 1e-6)), g
     assert all(m >= -1e-6 for a in ar_x for m in a["moved_mass"])
     print("all checks passed")
-"""),
-code("""
+
+# %%
 import json
 
 summary = {"ran": RUN, "reason": WHY}
@@ -309,5 +306,3 @@ if RUN:
 Path(out_dir).mkdir(parents=True, exist_ok=True)
 Path(out_dir, "results.json").write_text(json.dumps(out, indent=1, default=str))
 summary
-"""),
-])

@@ -1,26 +1,23 @@
-from nbbuild import build, code, md, params
+# %% [markdown]
+# # 03 · WETR: NTS + STR at sparse trigger layers
+#
+# WETR (seed 000, Sec. 3.2-3.4) refines token usage $w_i = m_i\gamma_i$ (Eq. 2) at the trigger layers
+# $\mathcal{L}_{reg} = \{\ell \mid \ell \bmod n_r = 0\}$: NTS re-selects $m_i$ (Eq. 4-7) and STR rescales
+# the admitted tokens' hidden states, $\tilde h_i = \gamma_i h_i$ (Eq. 9-11); non-trigger layers are
+# untouched and the answer is read by standard decoding.
+#
+# **What you will see** on emolens-tiny and world-mer:
+#
+# 1. the trigger layers for this model's depth (the paper's $n_r = 9$ of 36 layers scales to $n_r = 2$ of 8);
+# 2. attention heatmaps of the answer row over the frames: base / +NTS / +STR / both (Fig. 5 analogue);
+# 3. the module ablation (Table 3) and the $n_r$ and $\delta$ sweeps (Table 4);
+# 4. the noise sweep: F1 and EMass as $\varepsilon$ grows (Fig. 6), with EMass measured on the world's
+#    *ground-truth* evidence set (the paper could not know it);
+# 5. a slider explorer for $n_r$ (inert when run headless).
+#
+# Every number below is measured here; where WETR does not help on this model, that is the finding.
 
-build("03_wetr", [
-md("""
-# 03 · WETR: NTS + STR at sparse trigger layers
-
-WETR (seed 000, Sec. 3.2-3.4) refines token usage $w_i = m_i\\gamma_i$ (Eq. 2) at the trigger layers
-$\\mathcal{L}_{reg} = \\{\\ell \\mid \\ell \\bmod n_r = 0\\}$: NTS re-selects $m_i$ (Eq. 4-7) and STR rescales
-the admitted tokens' hidden states, $\\tilde h_i = \\gamma_i h_i$ (Eq. 9-11); non-trigger layers are
-untouched and the answer is read by standard decoding.
-
-**What you will see** on emolens-tiny and world-mer:
-
-1. the trigger layers for this model's depth (the paper's $n_r = 9$ of 36 layers scales to $n_r = 2$ of 8);
-2. attention heatmaps of the answer row over the frames: base / +NTS / +STR / both (Fig. 5 analogue);
-3. the module ablation (Table 3) and the $n_r$ and $\\delta$ sweeps (Table 4);
-4. the noise sweep: F1 and EMass as $\\varepsilon$ grows (Fig. 6), with EMass measured on the world's
-   *ground-truth* evidence set (the paper could not know it);
-5. a slider explorer for $n_r$ (inert when run headless).
-
-Every number below is measured here; where WETR does not help on this model, that is the finding.
-"""),
-params("""
+# %% tags=["parameters"]
 model = "emolens-tiny"  # model name or local checkpoint folder
 dataset = "world-mer"  # dataset manifest (world view)
 split = "test"  # dataset split
@@ -36,8 +33,8 @@ eps_grid = [0.0, 7.0]  # noise levels swept (Fig. 6)
 seed = 0  # evaluation seed
 device = "auto"  # auto | cpu | cuda
 out_dir = "../runs/notebooks/03_wetr"  # where figures and results.json go
-"""),
-code("""
+
+# %%
 import numpy as np
 import pandas as pd
 import emolens
@@ -53,14 +50,14 @@ samples = [ds[i] for i in range(len(ds))]
 hp = dict(n_r=n_r, delta=delta, p_v=p_v, p_t=p_t)
 wetr = get_method("wetr", **hp)
 print(f"{lm.num_layers} decoder layers; trigger layers for n_r={n_r}: {wetr.trigger_layers(lm.num_layers)}")
-"""),
-md("""
-## 1 · Where the answer row looks: base / +NTS / +STR / both (Fig. 5)
 
-Head-averaged attention of the answer row over the visual tokens at the last layer, drawn over the
-frames (cyan dashed: the ground-truth glyph tokens; green: tokens NTS admitted).
-"""),
-code("""
+# %% [markdown]
+# ## 1 · Where the answer row looks: base / +NTS / +STR / both (Fig. 5)
+#
+# Head-averaged attention of the answer row over the visual tokens at the last layer, drawn over the
+# frames (cyan dashed: the ground-truth glyph tokens; green: tokens NTS admitted).
+
+# %%
 variants = {"base": None, "+NTS": get_method("wetr", **hp, use_str=False),
             "+STR": get_method("wetr", **hp, use_nts=False), "both (WETR)": wetr}
 s = samples[sample_index]
@@ -77,11 +74,12 @@ for ax_row, (name, m) in zip(axes, variants.items()):
     plots.overlay_tokens(s, lay, values=vis, title=name, ax_row=ax_row)
 plots.save(fig, out_dir, "heatmaps_base_nts_str_both")
 print({k: round(v, 3) for k, v in shares.items()}, "<- share of visual attention on the glyph")
-"""),
-md("""
-## 2 · Module ablation (Table 3) and sensitivity to $n_r$ and $\\delta$ (Table 4)
-"""),
-code("""
+
+
+# %% [markdown]
+# ## 2 · Module ablation (Table 3) and sensitivity to $n_r$ and $\delta$ (Table 4)
+
+# %%
 def run(method, params=None, **world):
     r = evaluate(lm, dataset, method, params, limit=n_samples, seed=seed, progress=False, world=world or None)
     return {"WAR": r["metrics"]["war"], "UAR": r["metrics"]["uar"], "F1": r["metrics"]["f1"],
@@ -93,8 +91,8 @@ ablation = pd.DataFrame({
     "+STR": run("wetr", {**hp, "use_nts": False}),
     "NTS+STR": run("wetr", hp)}).T
 ablation.round(4)
-"""),
-code("""
+
+# %%
 sweep = pd.DataFrame([{"param": "n_r", "value": v, **run("wetr", {**hp, "n_r": v})} for v in n_r_grid] +
                      [{"param": "delta", "value": v, **run("wetr", {**hp, "delta": v})} for v in delta_grid])
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
@@ -106,18 +104,18 @@ for ax, (pname, g) in zip(axes, sweep.groupby("param")):
 fig.tight_layout()
 plots.save(fig, out_dir, "sweep_nr_delta")
 sweep.round(4)
-"""),
-md("""
-## 3 · Noise amplification: F1 and EMass as $\\varepsilon$ grows (Fig. 6)
 
-WETR's EMass "measures how much attention is allocated to a shared evidence set $\\mathcal{K}$ under an
-emotion-seeking query versus a noise-seeking query". The paper gives no formula; we use
-$\\mathrm{EMass} = M_{pos} / (M_{pos} + M_{neg})$ with $M_q$ the share of span $q$'s head-averaged
-attention that lands on $\\mathcal{K}$ (`emolens.metrics.emass`), measured at the last layer, and
-$\\mathcal{K}$ = the world's ground-truth evidence (glyph tokens + emotion words), the same set for
-both methods.
-"""),
-code("""
+# %% [markdown]
+# ## 3 · Noise amplification: F1 and EMass as $\varepsilon$ grows (Fig. 6)
+#
+# WETR's EMass "measures how much attention is allocated to a shared evidence set $\mathcal{K}$ under an
+# emotion-seeking query versus a noise-seeking query". The paper gives no formula; we use
+# $\mathrm{EMass} = M_{pos} / (M_{pos} + M_{neg})$ with $M_q$ the share of span $q$'s head-averaged
+# attention that lands on $\mathcal{K}$ (`emolens.metrics.emass`), measured at the last layer, and
+# $\mathcal{K}$ = the world's ground-truth evidence (glyph tokens + emotion words), the same set for
+# both methods.
+
+# %%
 rows = []
 for e in eps_grid:
     ds_e = load_dataset(dataset, split=split, limit=n_samples, eps=e)
@@ -139,13 +137,14 @@ for ax, y in zip(axes, ("F1", "EMass")):
 fig.tight_layout()
 plots.save(fig, out_dir, "noise_f1_emass")
 noise.round(4)
-"""),
-md("""
-## 4 · Explore $n_r$ (JupyterLab)
 
-Move the slider and press *Run*: WAR and the trigger layers for that interval. Nothing runs headless.
-"""),
-code("""
+# %% [markdown]
+# ## 4 · Explore $n_r$ (JupyterLab)
+#
+# Move the slider and press *Run*: WAR and the trigger layers for that interval. Nothing runs headless.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
 from emolens.widgets import explorer
 
 def show_nr(n_r=2):
@@ -153,22 +152,22 @@ def show_nr(n_r=2):
     print("triggers:", m.trigger_layers(lm.num_layers), "WAR:", round(run("wetr", {**hp, "n_r": n_r})["WAR"], 4))
 
 explorer(show_nr, n_r=[1, 2, 3, 4, 5, 6])
-""", ignore_output=True),
-md("""
-## Checks that fail loudly
 
-* the trigger set is $\\{\\ell \\mid \\ell \\bmod n_r = 0\\}$ without layer 0 and the last layer (documented choice);
-* WETR with both modules off is the frozen model (its WAR equals the baseline's);
-* EMass lies in [0, 1]; the heatmap rows are distributions over the visual tokens' keys.
-"""),
-code("""
+# %% [markdown]
+# ## Checks that fail loudly
+#
+# * the trigger set is $\{\ell \mid \ell \bmod n_r = 0\}$ without layer 0 and the last layer (documented choice);
+# * WETR with both modules off is the frozen model (its WAR equals the baseline's);
+# * EMass lies in [0, 1]; the heatmap rows are distributions over the visual tokens' keys.
+
+# %%
 assert wetr.trigger_layers(lm.num_layers) == [l for l in range(1, lm.num_layers - 1) if l % n_r == 0]
 off = run("wetr", {**hp, "use_nts": False, "use_str": False})
 assert off["WAR"] == ablation.loc["base", "WAR"], (off, ablation.loc["base"])
 assert noise["EMass"].between(0, 1).all()
 print("checks passed")
-"""),
-code("""
+
+# %%
 import json, pathlib
 best_nr = sweep[sweep.param == "n_r"].sort_values("WAR").iloc[-1]["value"]
 summary = {"war_base": float(ablation.loc["base", "WAR"]), "war_nts": float(ablation.loc["+NTS", "WAR"]),
@@ -183,5 +182,3 @@ results = {"notebook": "03_wetr", "parameters": {"model": model, "dataset": data
 pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)
 pathlib.Path(out_dir, "results.json").write_text(json.dumps(results, indent=1))
 {k: round(v, 4) for k, v in summary.items()}
-"""),
-])

@@ -1,31 +1,28 @@
-from nbbuild import build, code, md, params
+# %% [markdown]
+# # 02 · STR: state-strengthened token reweighting, step by step
+#
+# STR (WETR, seed 000, Sec. 3.4) sets the reweighting factor $\gamma_i$ of $w_i = m_i\gamma_i$ for the
+# tokens NTS admitted, $\mathcal{K}_v \cup \mathcal{K}_{con}$. Under the world-model view each retained
+# token contributes a likelihood term and $\gamma_i$ scales it (Eq. 8); a frozen model exposes no
+# likelihoods, so STR asks a computable question instead: *can this token's key be reconstructed from
+# the other modality's kept keys?* Predictable, weakly emotion-relevant overlap is down-weighted;
+# relevant but hard-to-predict residual evidence is up-weighted; then $h_i \leftarrow \gamma_i h_i$ at
+# the trigger layer, so every later layer sees the refined usage.
+#
+# **What you will see** on the embedded emolens-tiny model and the emotion world:
+#
+# 1. for one sample, at the trigger layer $\ell$: the query / key vectors $q_i, k_i$ the attention uses,
+#    $\alpha_{ij}$ and the reconstruction errors $e_i$ (Eq. 9), their $[0,1]$ normalisation
+#    $\bar e_i$, the gate $g_i$, $r_i$ and $c_i$ (Eq. 10), $b_i$ and $\gamma_i$ (Eq. 11) with the
+#    handling of negative $\gamma$, and the anchors, each next to the cell that computes it, checked
+#    against what the method decided inside its forward;
+# 2. the scaling itself: layer $\ell$'s output under STR is exactly $\gamma_i$ times the output without it;
+# 3. over many samples: the distribution of $\gamma$, and the decision contribution of down-weighted,
+#    neutral and up-weighted tokens before and after STR (WETR Table 8);
+# 4. error propagation (WETR Table 5): F1 of the frozen baseline, NTS-only and NTS+STR when the
+#    selection is corrupted with ratio $r$, and why a small $r$ cannot touch the visual side at $p_v = 0.03$.
 
-build("02_str", [
-md(r"""
-# 02 · STR: state-strengthened token reweighting, step by step
-
-STR (WETR, seed 000, Sec. 3.4) sets the reweighting factor $\gamma_i$ of $w_i = m_i\gamma_i$ for the
-tokens NTS admitted, $\mathcal{K}_v \cup \mathcal{K}_{con}$. Under the world-model view each retained
-token contributes a likelihood term and $\gamma_i$ scales it (Eq. 8); a frozen model exposes no
-likelihoods, so STR asks a computable question instead: *can this token's key be reconstructed from
-the other modality's kept keys?* Predictable, weakly emotion-relevant overlap is down-weighted;
-relevant but hard-to-predict residual evidence is up-weighted; then $h_i \leftarrow \gamma_i h_i$ at
-the trigger layer, so every later layer sees the refined usage.
-
-**What you will see** on the embedded emolens-tiny model and the emotion world:
-
-1. for one sample, at the trigger layer $\ell$: the query / key vectors $q_i, k_i$ the attention uses,
-   $\alpha_{ij}$ and the reconstruction errors $e_i$ (Eq. 9), their $[0,1]$ normalisation
-   $\bar e_i$, the gate $g_i$, $r_i$ and $c_i$ (Eq. 10), $b_i$ and $\gamma_i$ (Eq. 11) with the
-   handling of negative $\gamma$, and the anchors, each next to the cell that computes it, checked
-   against what the method decided inside its forward;
-2. the scaling itself: layer $\ell$'s output under STR is exactly $\gamma_i$ times the output without it;
-3. over many samples: the distribution of $\gamma$, and the decision contribution of down-weighted,
-   neutral and up-weighted tokens before and after STR (WETR Table 8);
-4. error propagation (WETR Table 5): F1 of the frozen baseline, NTS-only and NTS+STR when the
-   selection is corrupted with ratio $r$, and why a small $r$ cannot touch the visual side at $p_v = 0.03$.
-"""),
-params("""
+# %% tags=["parameters"]
 model = "emolens-tiny"  # model name or local checkpoint folder
 dataset = "world-mer"  # dataset manifest (world view or local benchmark)
 split = "test"  # dataset split
@@ -48,8 +45,8 @@ noise_grid = [0.0, 0.3, 0.5]  # post-NTS selection-noise ratios r (WETR Table 5)
 seed = 0  # seed of the selection noise
 device = "auto"  # auto | cpu | cuda
 out_dir = "../runs/notebooks/02_str"  # where figures and results.json go
-"""),
-code("""
+
+# %%
 import json
 import pathlib
 
@@ -84,15 +81,15 @@ str_params = {**nts_params, "delta": delta, "p_v_anc": p_v_anc, "p_t_anc": p_t_a
 nts, strm = get_method("nts", **nts_params), get_method("str", **str_params)
 l = strm.trigger_layers(lm.num_layers)[0]
 print(f"{lm.family}: {lm.num_layers} layers, trigger layer l = {l} | {dataset}/{split}: {len(samples)} samples")
-"""),
-md(r"""
-## 1 · The admitted set $\mathcal{K}$ (NTS, notebook 01)
 
-One STR forward on the sample, with its captures kept. STR acts only on the tokens NTS admits at the
-same layer: with the paper's ratios that is $\lceil 0.03 \cdot 32\rceil = 1$ visual token and
-$\lceil 0.2\, n_{con}\rceil$ subtitle words. The NTS scores $s_i$ (Eq. 5) are recomputed from the captures.
-"""),
-code("""
+# %% [markdown]
+# ## 1 · The admitted set $\mathcal{K}$ (NTS, notebook 01)
+#
+# One STR forward on the sample, with its captures kept. STR acts only on the tokens NTS admits at the
+# same layer: with the paper's ratios that is $\lceil 0.03 \cdot 32\rceil = 1$ visual token and
+# $\lceil 0.2\, n_{con}\rceil$ subtitle words. The NTS scores $s_i$ (Eq. 5) are recomputed from the captures.
+
+# %%
 s = samples[sample_index]
 batch = lm.encode([s], fine_prompts([s], task))
 lay = batch.layouts[0]
@@ -109,16 +106,16 @@ kept = pd.DataFrame({"token": tokens.loc[np.r_[K_v, K_con], "token"].values,
 print("subtitle:", s.subtitle, "| gold label:", s.label)
 print(f"|K_v| = {K_v.size}, |K_con| = {K_con.size}; same m_i as the method: {np.array_equal(kp['m'], trace.decisions['admitted'][0])}")
 kept.round(4)
-"""),
-md(r"""
-## 2 · Query and key vectors $q_i$, $k_i$ at layer $\ell$
 
-"Query/key vectors from the frozen attention projections": the vectors layer $\ell$'s attention
-actually uses (after Qwen3's q/k RMSNorm and RoPE), recorded by the same `Capture` that records the
-visual and content rows. The decoder uses grouped-query attention: $H$ query heads share $H_{kv}$ key
-heads, so query head $h$ is paired with key head $\lfloor h / (H/H_{kv})\rfloor$, as in the attention itself.
-"""),
-code("""
+# %% [markdown]
+# ## 2 · Query and key vectors $q_i$, $k_i$ at layer $\ell$
+#
+# "Query/key vectors from the frozen attention projections": the vectors layer $\ell$'s attention
+# actually uses (after Qwen3's q/k RMSNorm and RoPE), recorded by the same `Capture` that records the
+# visual and content rows. The decoder uses grouped-query attention: $H$ query heads share $H_{kv}$ key
+# heads, so query head $h$ is paired with key head $\lfloor h / (H/H_{kv})\rfloor$, as in the attention itself.
+
+# %%
 q, k, pos = nbh.capture_qk(trace, l)
 row_of = {int(p): i for i, p in enumerate(pos)}
 iv = np.array([row_of[int(p)] for p in K_v])
@@ -129,18 +126,18 @@ print(f"q: {tuple(q.shape)} (H = {H} query heads, {pos.size} visual + content to
 kept["|q_i| (head mean)"] = np.r_[q[:, iv].norm(dim=-1).mean(0).numpy(), q[:, ic].norm(dim=-1).mean(0).numpy()]
 kept["|k_i| (head mean)"] = np.r_[k[:, iv].norm(dim=-1).mean(0).numpy(), k[:, ic].norm(dim=-1).mean(0).numpy()]
 kept[["token", "modality", "|q_i| (head mean)", "|k_i| (head mean)"]].round(4)
-"""),
-md(r"""
-## 3 · Cross-modal reconstruction: $\alpha_{ij}$ and $e_i$ (Eq. 9)
 
-$$\alpha_{ij} = \mathrm{Softmax}_{j\in\mathcal{K}_{con}}\left(\frac{q_i^\top k_j}{\sqrt d}\right),\qquad
-e_i^v = \Big\lVert k_i - \sum_{j\in\mathcal{K}_{con}}\alpha_{ij}k_j\Big\rVert_2 \quad (i\in\mathcal{K}_v)$$
+# %% [markdown]
+# ## 3 · Cross-modal reconstruction: $\alpha_{ij}$ and $e_i$ (Eq. 9)
+#
+# $$\alpha_{ij} = \mathrm{Softmax}_{j\in\mathcal{K}_{con}}\left(\frac{q_i^\top k_j}{\sqrt d}\right),\qquad
+# e_i^v = \Big\lVert k_i - \sum_{j\in\mathcal{K}_{con}}\alpha_{ij}k_j\Big\rVert_2 \quad (i\in\mathcal{K}_v)$$
+#
+# and $e_j^t$ symmetrically, reconstructing a kept word's key from the kept *visual* keys. Computed per
+# query head with its key head, then averaged over the $H$ heads. With a single kept visual token the
+# reverse direction is degenerate: a softmax over one key is exactly 1, so $e_j^t = \lVert k_j - k_v\rVert$.
 
-and $e_j^t$ symmetrically, reconstructing a kept word's key from the kept *visual* keys. Computed per
-query head with its key head, then averaged over the $H$ heads. With a single kept visual token the
-reverse direction is degenerate: a softmax over one key is exactly 1, so $e_j^t = \lVert k_j - k_v\rVert$.
-"""),
-code("""
+# %%
 alpha_v = nbh.alpha_matrix(q, k, iv, ic)          # [H, |K_v|, |K_con|]: visual i <- content j
 alpha_c = nbh.alpha_matrix(q, k, ic, iv)          # [H, |K_con|, |K_v|]: content j <- visual i
 e_v = reconstruction_error(q, k, iv, ic)
@@ -152,12 +149,12 @@ fig = plots.attention_heatmap(alpha_v.mean(0), xlabels=tokens.loc[K_con, "token"
                               ylabels=[f"v{p}" for p in K_v], title=f"alpha_ij at p_v = {p_v} (head mean)")
 _ = plots.save(fig, out_dir, "alpha_default")
 kept[["token", "modality", "e_i (Eq. 9)"]].round(4)
-"""),
-md(r"""
-The same sample with a wider visual keep ratio (`p_v_wide`), so that $\alpha$ has several visual rows
-and the content rows a real softmax over visual keys:
-"""),
-code("""
+
+# %% [markdown]
+# The same sample with a wider visual keep ratio (`p_v_wide`), so that $\alpha$ has several visual rows
+# and the content rows a real softmax over visual keys:
+
+# %%
 wide = get_method("str", **{**str_params, "p_v": p_v_wide})
 _, trace_w = wide.forward(lm, batch, [s])
 kp_w = nbh.nts_keep(lay, nbh.nts_scores(trace_w, lay, l, norm=norm), p_v_wide, p_t)
@@ -170,37 +167,37 @@ plots.attention_heatmap(nbh.alpha_matrix(q_w, k_w, ic_w, iv_w).mean(0), ax=axes[
                         xlabels=[f"v{p}" for p in kp_w["kept_visual"]], ylabels=tokens.loc[kp_w["kept_content"], "token"].tolist())
 _ = plots.save(fig, out_dir, "alpha_wide")
 print(f"p_v = {p_v_wide}: {kp_w['kept_visual'].size} visual x {kp_w['kept_content'].size} content kept tokens")
-"""),
-md(r"""
-## 4 · Normalised error $\bar e_i$, gate $g_i$, overlap $r_i$ and residual $c_i$ (Eq. 10)
 
-All errors of $\mathcal{K}_v \cup \mathcal{K}_{con}$ are min-max normalised jointly to $\bar e_i\in[0,1]$.
-Predictability alone says nothing about emotion, so it is gated by the NTS score:
-$g_i = \varphi(\mathrm{Norm}(s_i))$ with $\varphi$ the sigmoid (Norm over the modality's candidates;
-with min-max Norm, $g_i \in [0.5, 0.731]$). Then
+# %% [markdown]
+# ## 4 · Normalised error $\bar e_i$, gate $g_i$, overlap $r_i$ and residual $c_i$ (Eq. 10)
+#
+# All errors of $\mathcal{K}_v \cup \mathcal{K}_{con}$ are min-max normalised jointly to $\bar e_i\in[0,1]$.
+# Predictability alone says nothing about emotion, so it is gated by the NTS score:
+# $g_i = \varphi(\mathrm{Norm}(s_i))$ with $\varphi$ the sigmoid (Norm over the modality's candidates;
+# with min-max Norm, $g_i \in [0.5, 0.731]$). Then
+#
+# $$r_i = (1-g_i)(1-\bar e_i)\ \text{(predictable, weakly relevant overlap)},\qquad c_i = g_i\,\bar e_i\ \text{(relevant, hard-to-predict residual)}.$$
 
-$$r_i = (1-g_i)(1-\bar e_i)\ \text{(predictable, weakly relevant overlap)},\qquad c_i = g_i\,\bar e_i\ \text{(relevant, hard-to-predict residual)}.$$
-"""),
-code("""
+# %%
 e_bar = normalize(np.r_[e_v, e_c])
 g = np.r_[gate(sc["s_v"], norm)[in_v], gate(sc["s_c"], norm)[in_c]]
 r, c = overlap_residual(g, e_bar)
 kept["e_bar"], kept["g_i"], kept["r_i"], kept["c_i"] = e_bar, g, r, c
 kept[["token", "modality", "s_i (Eq. 5)", "e_i (Eq. 9)", "e_bar", "g_i", "r_i", "c_i"]].round(4)
-"""),
-md(r"""
-## 5 · Migration bias $b_i$, $\gamma_i$ (Eq. 11), negative $\gamma$ and anchors
 
-$$b_i = c_i - r_i,\qquad \gamma_i = 1 + \delta\, b_i$$
+# %% [markdown]
+# ## 5 · Migration bias $b_i$, $\gamma_i$ (Eq. 11), negative $\gamma$ and anchors
+#
+# $$b_i = c_i - r_i,\qquad \gamma_i = 1 + \delta\, b_i$$
+#
+# $\gamma_i$ can be negative ($b_i < -1/\delta$; with $\delta = 4$ that needs $r_i - c_i > 0.25$). Eq. 2
+# asks for $\gamma_i > 0$ and WETR's Table 8 reports a down-weighted mean of exactly 0.000, so the default
+# (`negative = "clamp0"`) clamps $\gamma_i \leftarrow \max(\gamma_i, 0)$: the token's hidden state is
+# zeroed at layer $\ell$'s output. Then the **anchors** (the top `p_v_anc` of $\mathcal{K}_v$ and
+# `p_t_anc` of $\mathcal{K}_{con}$ by $s_i$, at least one per modality) are protected:
+# $\gamma_i \leftarrow \max(\gamma_i, \gamma_{anc})$. With one kept visual token, that token is always an anchor.
 
-$\gamma_i$ can be negative ($b_i < -1/\delta$; with $\delta = 4$ that needs $r_i - c_i > 0.25$). Eq. 2
-asks for $\gamma_i > 0$ and WETR's Table 8 reports a down-weighted mean of exactly 0.000, so the default
-(`negative = "clamp0"`) clamps $\gamma_i \leftarrow \max(\gamma_i, 0)$: the token's hidden state is
-zeroed at layer $\ell$'s output. Then the **anchors** (the top `p_v_anc` of $\mathcal{K}_v$ and
-`p_t_anc` of $\mathcal{K}_{con}$ by $s_i$, at least one per modality) are protected:
-$\gamma_i \leftarrow \max(\gamma_i, \gamma_{anc})$. With one kept visual token, that token is always an anchor.
-"""),
-code("""
+# %%
 gamma_raw = 1.0 + delta * (c - r)
 gamma_clamped, b = migration_gamma(r, c, delta, negative)
 nv = K_v.size
@@ -213,30 +210,30 @@ kept["anchor"], kept["gamma_i"], kept["gamma (method)"] = anchor, gamma, gamma_m
 print(f"{int((gamma_raw < 0).sum())} negative gamma before clamping; anchors: {int(anchor.sum())}; "
       f"every other token keeps gamma = 1: {bool(np.all(np.delete(gamma_method, np.r_[K_v, K_con]) == 1.0))}")
 kept.drop(columns=["|q_i| (head mean)", "|k_i| (head mean)"]).round(4)
-"""),
-md(r"""
-## 6 · The scaling $\tilde h_i = \gamma_i h_i$
 
-STR multiplies the hidden states on layer $\ell$'s output (a residual-stream hook installed by the same
-plan). Recording that output with and without STR (NTS alone, same selection) shows the ratio is
-exactly $\gamma_i$ at every position: layers $\le \ell$ are untouched, and every layer after $\ell$
-reads the scaled states.
-"""),
-code("""
+# %% [markdown]
+# ## 6 · The scaling $\tilde h_i = \gamma_i h_i$
+#
+# STR multiplies the hidden states on layer $\ell$'s output (a residual-stream hook installed by the same
+# plan). Recording that output with and without STR (NTS alone, same selection) shows the ratio is
+# exactly $\gamma_i$ at every position: layers $\le \ell$ are untouched, and every layer after $\ell$
+# reads the scaled states.
+
+# %%
 h_str, _ = nbh.layer_output(lm, batch, [s], strm, l)
 h_nts, _ = nbh.layer_output(lm, batch, [s], nts, l)
 ratio = (h_str[0].norm(dim=-1) / h_nts[0].norm(dim=-1)).numpy()
 scaled = torch.allclose(h_str[0], h_nts[0] * torch.as_tensor(gamma_method)[:, None], rtol=1e-5, atol=1e-6)
 print("|h_STR| / |h_NTS| at the kept tokens:", ", ".join(f"{x:.4f}" for x in ratio[np.r_[K_v, K_con]]),
       "| gamma_i:", ", ".join(f"{x:.4f}" for x in gamma), f"| h_STR == gamma * h_NTS at every position: {scaled}")
-"""),
-md(r"""
-## 7 · $\gamma$ over many samples
 
-STR and NTS alone (the same selection) over `n_samples` samples. Each retained visual/content token
-contributes one $\gamma$; the method also records how many were negative before clamping.
-"""),
-code("""
+# %% [markdown]
+# ## 7 · $\gamma$ over many samples
+#
+# STR and NTS alone (the same selection) over `n_samples` samples. Each retained visual/content token
+# contributes one $\gamma$; the method also records how many were negative before clamping.
+
+# %%
 res_str = evaluate(lm, ds, "str", str_params, limit=n_samples, seed=seed, progress=False)
 res_nts = evaluate(lm, ds, "nts", nts_params, limit=n_samples, seed=seed, progress=False)
 recs = [t["str"] for p in res_str["predictions"] for t in p["extra"]["nts"]]
@@ -255,20 +252,20 @@ display(Markdown(f"**Measured** (n = {n_samples} samples, {gam_all.size} retaine
 fig = plots.histogram(gam_all, bins=30, title=f"gamma of retained tokens (delta = {delta}, n = {n_samples})", xlabel="gamma_i")
 fig.axes[0].axvline(1.0, color="k", ls="--", lw=1)
 _ = plots.save(fig, out_dir, "gamma_histogram")
-"""),
-md(r"""
-## 8 · Contribution shift (WETR Table 8)
 
-Group the retained tokens by $\gamma_i$ into down-weighted (DW, $\gamma<1$), neutral (NEU, $\gamma=1$)
-and up-weighted (UW, $\gamma>1$). A token's *decision contribution* is the drop of the gold label's
-probability when that token alone is removed (its key masked from layer $\ell+1$ on, where NTS's own
-mask starts, so the selection and the $\gamma$ decided at $\ell$ are unchanged), measured with NTS
-alone (*before* STR) and with NTS+STR (*after*). Only the reweighted tokens
-$\mathcal{K}_v\cup\mathcal{K}_{con}$ are grouped here; the method's own per-sample record
-(`extra["nts"][t]["str"]`, keys `dw` / `neu` / `uw`) also counts every retained instruction and audio
-token as neutral.
-"""),
-code("""
+# %% [markdown]
+# ## 8 · Contribution shift (WETR Table 8)
+#
+# Group the retained tokens by $\gamma_i$ into down-weighted (DW, $\gamma<1$), neutral (NEU, $\gamma=1$)
+# and up-weighted (UW, $\gamma>1$). A token's *decision contribution* is the drop of the gold label's
+# probability when that token alone is removed (its key masked from layer $\ell+1$ on, where NTS's own
+# mask starts, so the selection and the $\gamma$ decided at $\ell$ are unchanged), measured with NTS
+# alone (*before* STR) and with NTS+STR (*after*). Only the reweighted tokens
+# $\mathcal{K}_v\cup\mathcal{K}_{con}$ are grouped here; the method's own per-sample record
+# (`extra["nts"][t]["str"]`, keys `dw` / `neu` / `uw`) also counts every retained instruction and audio
+# token as neutral.
+
+# %%
 cs = nbh.contribution_shift(lm, samples[:n_samples], task, nts, strm)
 table8 = cs.groupby("weighting").agg(n=("gamma", "size"), avg_gamma=("gamma", "mean"),
                                      before_STR=("contrib_before", "mean"), after_STR=("contrib_after", "mean"))
@@ -278,22 +275,22 @@ tidy = table8.reset_index().melt(id_vars="weighting", value_vars=["before_STR", 
 fig = plots.bars(tidy, "weighting", "contribution", hue="when", title=f"decision contribution by gamma group (n = {n_samples})")
 _ = plots.save(fig, out_dir, "table8_contribution_shift")
 table8.round(5)
-"""),
-md(r"""
-## 9 · Error propagation (WETR Table 5)
 
-NTS's drop is irreversible, so WETR asks how a wrong selection propagates. After NTS chooses its kept
-set at each trigger layer, a fraction $r$ of each modality's kept tokens is swapped for dropped ones
-(`metrics.swap_selection_noise`: $\mathrm{round}(r\cdot n_{kept})$ tokens; keep counts unchanged).
-The baseline row (no selection) instead loses a random $\mathrm{round}(r\cdot n)$ tokens of each
-modality. All rows are WETR with triggers every `n_r` layers: baseline = both modules off,
-NTS-only = `use_str=False`, NTS+STR = full.
+# %% [markdown]
+# ## 9 · Error propagation (WETR Table 5)
+#
+# NTS's drop is irreversible, so WETR asks how a wrong selection propagates. After NTS chooses its kept
+# set at each trigger layer, a fraction $r$ of each modality's kept tokens is swapped for dropped ones
+# (`metrics.swap_selection_noise`: $\mathrm{round}(r\cdot n_{kept})$ tokens; keep counts unchanged).
+# The baseline row (no selection) instead loses a random $\mathrm{round}(r\cdot n)$ tokens of each
+# modality. All rows are WETR with triggers every `n_r` layers: baseline = both modules off,
+# NTS-only = `use_str=False`, NTS+STR = full.
+#
+# **With $p_v = 0.03$ only one visual token is kept**, and $\mathrm{round}(0.3\cdot 1) = 0$: at $r = 0.3$ the
+# noise cannot touch the visual side at all (only the subtitle words change); at $r = 0.5$,
+# $\mathrm{round}(0.5) = 1$ and the single visual token is always swapped. The second table shows it.
 
-**With $p_v = 0.03$ only one visual token is kept**, and $\mathrm{round}(0.3\cdot 1) = 0$: at $r = 0.3$ the
-noise cannot touch the visual side at all (only the subtitle words change); at $r = 0.5$,
-$\mathrm{round}(0.5) = 1$ and the single visual token is always swapped. The second table shows it.
-"""),
-code("""
+# %%
 grid = sorted(set(noise_grid) | {0.0})
 wetr_params = {k: v for k, v in str_params.items() if k != "layer"} | {"n_r": n_r}
 settings = {"Baseline": {"use_nts": False, "use_str": False}, "NTS-only": {"use_nts": True, "use_str": False},
@@ -309,8 +306,9 @@ fig = plots.lines(tidy, "r", "delta F1", hue="method", title=f"error propagation
 _ = plots.save(fig, out_dir, "table5_error_propagation")
 print(f"triggers: {get_method('wetr', **wetr_params).trigger_layers(lm.num_layers)}; n = {n_eval} samples")
 table5
-"""),
-code("""
+
+
+# %%
 def kept_sets(res, group):
     return [tuple(p["extra"]["nts"][0][f"kept_{group}"]) for p in res["predictions"]]
 
@@ -327,16 +325,18 @@ for name in ("NTS-only", "NTS+STR"):
                         "content selection changed": float(np.mean([a != b for a, b in zip(clean["content"], noisy["content"])]))})
 changes = pd.DataFrame(changes).set_index(["method", "r"])
 changes.round(4)
-"""),
-md(r"""
-## 10 · Explore: the intervention strength $\delta$
 
-$\gamma_i = 1 + \delta b_i$ is linear in $\delta$: at $\delta = 0$ every $\gamma_i = 1$ and STR is the
-identity (NTS alone); as $\delta$ grows the down-weighted tokens hit the clamp at 0 and the up-weighted
-ones grow. Move the slider and press *Run*: the cell recomputes $\gamma$ for this sample from the
-$b_i$ above and runs the model with that $\delta$. (Inert when the notebook runs headless.)
-"""),
-code("""
+
+# %% [markdown]
+# ## 10 · Explore: the intervention strength $\delta$
+#
+# $\gamma_i = 1 + \delta b_i$ is linear in $\delta$: at $\delta = 0$ every $\gamma_i = 1$ and STR is the
+# identity (NTS alone); as $\delta$ grows the down-weighted tokens hit the clamp at 0 and the up-weighted
+# ones grow. Move the slider and press *Run*: the cell recomputes $\gamma$ for this sample from the
+# $b_i$ above and runs the model with that $\delta$. (Inert when the notebook runs headless.)
+
+# %%
+# NBVAL_IGNORE_OUTPUT
 def show_delta(delta=delta):
     g_d, _ = migration_gamma(r, c, delta, negative)
     g_d[:nv] = anchor_clamp(g_d[:nv], sc["s_v"][in_v], p_v_anc, gamma_anc)[0]
@@ -353,24 +353,24 @@ def show_delta(delta=delta):
     plt.show()
 
 widgets.explorer(show_delta, delta=[0.0, 1.0, 2.0, 4.0, 8.0])
-""", ignore_output=True),
-md(r"""
-## Checks that fail loudly
 
-Properties that must hold whatever the checkpoint's accuracy:
+# %% [markdown]
+# ## Checks that fail loudly
+#
+# Properties that must hold whatever the checkpoint's accuracy:
+#
+# * the step-by-step $\gamma_i$ equals the method's; every non-retained token keeps $\gamma = 1$;
+# * $\alpha$ rows are distributions; with one kept visual token the content rows are exactly 1;
+#   the library's $e_i$ equals $\lVert k_i - \sum_j\alpha_{ij}k_j\rVert$ from these $\alpha$;
+# * $\bar e \in [0, 1]$; $g \in [0.5, \sigma(1)]$ under min-max Norm; $\gamma = 1 + \delta b$ before
+#   clamping and $\max(\cdot, 0)$ after; anchors end at $\ge \gamma_{anc}$;
+# * layer $\ell$'s output under STR is $\gamma_i h_i$; with $\delta = 0$, STR gives NTS's logits;
+# * Table 5: the noise keeps the keep counts; with one kept visual token, $r = 0.3$ leaves every
+#   visual selection unchanged and $r = 0.5$ changes every one;
+# * Table 8 groups: DW tokens have $\gamma < 1$, UW tokens $\gamma > 1$, and the contribution table has
+#   one row per retained token.
 
-* the step-by-step $\gamma_i$ equals the method's; every non-retained token keeps $\gamma = 1$;
-* $\alpha$ rows are distributions; with one kept visual token the content rows are exactly 1;
-  the library's $e_i$ equals $\lVert k_i - \sum_j\alpha_{ij}k_j\rVert$ from these $\alpha$;
-* $\bar e \in [0, 1]$; $g \in [0.5, \sigma(1)]$ under min-max Norm; $\gamma = 1 + \delta b$ before
-  clamping and $\max(\cdot, 0)$ after; anchors end at $\ge \gamma_{anc}$;
-* layer $\ell$'s output under STR is $\gamma_i h_i$; with $\delta = 0$, STR gives NTS's logits;
-* Table 5: the noise keeps the keep counts; with one kept visual token, $r = 0.3$ leaves every
-  visual selection unchanged and $r = 0.5$ changes every one;
-* Table 8 groups: DW tokens have $\gamma < 1$, UW tokens $\gamma > 1$, and the contribution table has
-  one row per retained token.
-"""),
-code("""
+# %%
 np.testing.assert_allclose(gamma, gamma_method[np.r_[K_v, K_con]], rtol=1e-5, atol=1e-5)
 assert np.all(np.delete(gamma_method, np.r_[K_v, K_con]) == 1.0)
 np.testing.assert_allclose(alpha_v.sum(-1), 1.0, rtol=1e-10)
@@ -408,8 +408,8 @@ for name in ("NTS-only", "NTS+STR"):
 assert np.all(gam_all[nbh.gamma_group(gam_all) == "DW"] < 1) and np.all(gam_all[nbh.gamma_group(gam_all) == "UW"] > 1)
 assert len(cs) == gam_all.size, (len(cs), gam_all.size)
 print("all checks passed")
-"""),
-code("""
+
+# %%
 summary = {"trigger_layer": l, "k_visual": int(K_v.size), "k_content": int(K_con.size),
            "n_negative_sample": int((gamma_raw < 0).sum()), "n_retained": int(gam_all.size), "n_negative": n_neg,
            "n_gamma_zero": int((gam_all == 0).sum()), "mean_gamma": float(gam_all.mean()),
@@ -429,5 +429,3 @@ results = {"notebook": "02_str",
 pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)
 pathlib.Path(out_dir, "results.json").write_text(json.dumps(results, indent=1))
 {k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}
-"""),
-])

@@ -1,39 +1,36 @@
-from nbbuild import build, code, md, params
+# %% [markdown]
+# # 04 · SEPM: confidence-guided coarse-to-fine inference and Focus-on-Emotion token dropping
+#
+# SEPM (seed 001) sharpens a frozen MLLM's emotion perception with two forwards and no training
+# (Algorithm 1):
+#
+# * **Stage 1 (coarse).** The coarse query $Q_c$ ("A. positive B. negative", prefixed by the
+#   Focus-on-Emotion prompt "Please focus on emotion.") gives the valence $\hat{\mathcal E}$ (Eq. 1),
+#   the vocabulary softmax $p$ (Eq. 3) and the confidence
+#   $\mathcal C = [(p_A-\mu)^2 + (p_B-\mu)^2]/2$ (Eq. 4). The same forward's final-layer attention from
+#   the FoE tokens to the visual tokens (Eq. 5-6) gives each visual token a significance $\bar P[j]$ (Eq. 8).
+# * **Confidence assessment.** $\mathcal C > \alpha$: the fine query keeps only the predicted valence's
+#   categories; otherwise every category plus an ambiguity description.
+# * **Stage 2 (fine).** The $k = \lfloor \beta N_v \rfloor$ least significant visual tokens
+#   $\mathcal R = \mathrm{argmin}_k(\bar P)$ are removed (Eq. 9-10) and the fine query is answered (Eq. 2).
+#
+# **What you will see** on emolens-tiny and the EmoSet view of the emotion world (one 32×32 image = 16
+# visual tokens, 8 Mikels emotions, 4 positive / 4 negative; the world records which patches carry the
+# emotion glyph):
+#
+# 1. stage 1 on the model's real logits: $p_A$, $p_B$ and $\mathcal C$ recomputed from the vocabulary softmax;
+# 2. whether $\mathcal C$ behaves like a confidence: coarse accuracy per $\mathcal C$ bin (SEPM Fig. 5);
+# 3. the branch each sample takes and the fine / ambiguous queries;
+# 4. the drop matrix $P$ and significance $\bar P$ on the final layer's attention, and the dropped tokens
+#    drawn over the image next to the ground-truth glyph (Fig. 4);
+# 5. stage 2, with a check that the dropped tokens receive exactly zero attention;
+# 6. the dropping strategies FoE / query / random (Table 2), the CCI / FP / VTA ablation (Table 3),
+#    the $\alpha$ and $\beta$ sensitivity (Fig. 3) and per-class accuracy (Fig. 6).
+#
+# All accuracies are measured here, on this model, with the sample counts below; none is claimed in
+# advance. A component that does not help on this model is a finding and is shown as one.
 
-build("04_sepm", [
-md(r"""
-# 04 · SEPM: confidence-guided coarse-to-fine inference and Focus-on-Emotion token dropping
-
-SEPM (seed 001) sharpens a frozen MLLM's emotion perception with two forwards and no training
-(Algorithm 1):
-
-* **Stage 1 (coarse).** The coarse query $Q_c$ ("A. positive B. negative", prefixed by the
-  Focus-on-Emotion prompt "Please focus on emotion.") gives the valence $\hat{\mathcal E}$ (Eq. 1),
-  the vocabulary softmax $p$ (Eq. 3) and the confidence
-  $\mathcal C = [(p_A-\mu)^2 + (p_B-\mu)^2]/2$ (Eq. 4). The same forward's final-layer attention from
-  the FoE tokens to the visual tokens (Eq. 5-6) gives each visual token a significance $\bar P[j]$ (Eq. 8).
-* **Confidence assessment.** $\mathcal C > \alpha$: the fine query keeps only the predicted valence's
-  categories; otherwise every category plus an ambiguity description.
-* **Stage 2 (fine).** The $k = \lfloor \beta N_v \rfloor$ least significant visual tokens
-  $\mathcal R = \mathrm{argmin}_k(\bar P)$ are removed (Eq. 9-10) and the fine query is answered (Eq. 2).
-
-**What you will see** on emolens-tiny and the EmoSet view of the emotion world (one 32×32 image = 16
-visual tokens, 8 Mikels emotions, 4 positive / 4 negative; the world records which patches carry the
-emotion glyph):
-
-1. stage 1 on the model's real logits: $p_A$, $p_B$ and $\mathcal C$ recomputed from the vocabulary softmax;
-2. whether $\mathcal C$ behaves like a confidence: coarse accuracy per $\mathcal C$ bin (SEPM Fig. 5);
-3. the branch each sample takes and the fine / ambiguous queries;
-4. the drop matrix $P$ and significance $\bar P$ on the final layer's attention, and the dropped tokens
-   drawn over the image next to the ground-truth glyph (Fig. 4);
-5. stage 2, with a check that the dropped tokens receive exactly zero attention;
-6. the dropping strategies FoE / query / random (Table 2), the CCI / FP / VTA ablation (Table 3),
-   the $\alpha$ and $\beta$ sensitivity (Fig. 3) and per-class accuracy (Fig. 6).
-
-All accuracies are measured here, on this model, with the sample counts below; none is claimed in
-advance. A component that does not help on this model is a finding and is shown as one.
-"""),
-params(r"""
+# %% tags=["parameters"]
 model = "emolens-tiny"  # model name or local checkpoint folder
 dataset = "world-emoset"  # dataset manifest with positive/negative valence groups (world view or local)
 split = "test"  # dataset split
@@ -52,8 +49,8 @@ conf_bins = [0.0, 0.01, 0.05, 0.1, 0.15, 0.2, 0.25]  # bin edges of C for confid
 seed = 0  # seed of the random dropping strategy and of the bootstrap
 device = "auto"  # auto | cpu | cuda
 out_dir = "../runs/notebooks/04_sepm"  # where figures and results.json go
-"""),
-code(r"""
+
+# %%
 import json
 import pathlib
 
@@ -85,20 +82,20 @@ i0 = min(sample_index, n_samples - 1)
 print(f"{lm.family}: {lm.num_layers} layers | {dataset}/{split}: {len(samples)} samples")
 print("positive (PEC):", task.valence_groups["positive"])
 print("negative (NEC):", task.valence_groups["negative"])
-"""),
-md(r"""
-## 1 · Stage 1: the coarse query with Focus-on-Emotion (Eq. 1, 3, 4)
 
-`sepm.run_stage1` runs $Q_c$ once over the samples. Below, Eq. 3 and Eq. 4 are recomputed by hand
-from the stage-1 logits $z$ at the answer position:
+# %% [markdown]
+# ## 1 · Stage 1: the coarse query with Focus-on-Emotion (Eq. 1, 3, 4)
+#
+# `sepm.run_stage1` runs $Q_c$ once over the samples. Below, Eq. 3 and Eq. 4 are recomputed by hand
+# from the stage-1 logits $z$ at the answer position:
+#
+# $$p = \mathrm{softmax}(z) \ \text{(whole vocabulary)}, \qquad
+# \mu = \frac{p_A + p_B}{2}, \qquad \mathcal C = \frac{(p_A-\mu)^2 + (p_B-\mu)^2}{2} = \frac{(p_A - p_B)^2}{4}.$$
+#
+# Because $p$ is the whole-vocabulary softmax (not renormalised over A/B), $p_A + p_B \le 1$ and
+# $\mathcal C \in [0, 1/4]$; $\alpha \ge 0.25$ would send every sample to the ambiguous branch.
 
-$$p = \mathrm{softmax}(z) \ \text{(whole vocabulary)}, \qquad
-\mu = \frac{p_A + p_B}{2}, \qquad \mathcal C = \frac{(p_A-\mu)^2 + (p_B-\mu)^2}{2} = \frac{(p_A - p_B)^2}{4}.$$
-
-Because $p$ is the whole-vocabulary softmax (not renormalised over A/B), $p_A + p_B \le 1$ and
-$\mathcal C \in [0, 1/4]$; $\alpha \ge 0.25$ would send every sample to the ambiguous branch.
-"""),
-code(r"""
+# %%
 s1 = sepm.run_stage1(lm, samples[:n_samples], task, alpha=alpha, rows="foe")
 print("Q_c:", s1.batch.prompts[i0].text)
 
@@ -119,15 +116,15 @@ stage1 = pd.DataFrame({"gold": gold, "gold valence": gold_val, "coarse Ê": s1.c
 print(f"coarse accuracy {coarse_ok.mean():.3f} on {n_samples} samples | C: min {C.min():.4f}, "
       f"median {np.median(C):.4f}, max {C.max():.4f}")
 stage1.head(8).round(4)
-"""),
-md(r"""
-## 2 · Is $\mathcal C$ a confidence? Coarse accuracy per $\mathcal C$ bin (SEPM Fig. 5)
 
-SEPM's Fig. 5 shows coarse accuracy rising with the variance $\mathcal C$, and $\alpha$ cutting off the
-low-accuracy region. Here: the same on this model, with the number of samples in each bin (bins with
-few samples are noisy; an empty bin has no bar).
-"""),
-code(r"""
+# %% [markdown]
+# ## 2 · Is $\mathcal C$ a confidence? Coarse accuracy per $\mathcal C$ bin (SEPM Fig. 5)
+#
+# SEPM's Fig. 5 shows coarse accuracy rising with the variance $\mathcal C$, and $\alpha$ cutting off the
+# low-accuracy region. Here: the same on this model, with the number of samples in each bin (bins with
+# few samples are noisy; an empty bin has no bar).
+
+# %%
 df5 = pd.DataFrame({"C": C, "coarse correct": coarse_ok})
 bin_names = [f"{a:g}-{b:g}" for a, b in zip(conf_bins[:-1], conf_bins[1:])]
 df5["C bin"] = pd.cut(df5["C"], conf_bins, labels=bin_names, include_lowest=True)
@@ -144,31 +141,31 @@ fig = plots.histogram(C, bins=25, title="distribution of C over the samples", xl
 fig.axes[0].axvline(alpha, color="crimson", ls="--")
 plots.save(fig, out_dir, "confidence_histogram")
 conf_table.round(4)
-"""),
-md(r"""
-## 3 · Confidence assessment: which branch each sample takes
 
-$\mathcal C > \alpha$: the fine query $Q_f$ lists only the coarse answer's categories ($Q_{PEC}$ or
-$Q_{NEC}$); otherwise $Q_{ambi}$ lists every category and adds the ambiguity description. With FP on,
-the FoE prefix stays in $Q_f$ (module docstring of `emolens.methods.sepm`, choice 7).
-"""),
-code(r"""
+# %% [markdown]
+# ## 3 · Confidence assessment: which branch each sample takes
+#
+# $\mathcal C > \alpha$: the fine query $Q_f$ lists only the coarse answer's categories ($Q_{PEC}$ or
+# $Q_{NEC}$); otherwise $Q_{ambi}$ lists every category and adds the ambiguity description. With FP on,
+# the FoE prefix stays in $Q_f$ (module docstring of `emolens.methods.sepm`, choice 7).
+
+# %%
 for br in ("positive", "ambiguous"):
     print(f"Q_f ({br}):", sepm.fine_prompt(task, br).text)
 branch_table = (pd.DataFrame({"branch": s1.branch, "coarse correct": coarse_ok})
                 .groupby("branch")["coarse correct"].agg(["size", "mean"])
                 .rename(columns={"size": "n", "mean": "coarse accuracy"}))
 branch_table.round(4)
-"""),
-md(r"""
-## 4 · Which visual tokens matter to "Please focus on emotion."? (Eq. 5-8)
 
-For sample `sample_index`: the final layer's attention (Eq. 5) of the FoE rows $i$ over the visual keys
-$j$ is the drop matrix $P[i, j] = \mathcal A(i, j)$ (Eq. 6; heads averaged, raw probabilities), and
-$\bar P[j] = \frac{1}{L_t}\sum_i P[i, j]$ (Eq. 8). Captured here in a separate single-sample forward and
-compared with what stage 1 computed inside its batch.
-"""),
-code(r"""
+# %% [markdown]
+# ## 4 · Which visual tokens matter to "Please focus on emotion."? (Eq. 5-8)
+#
+# For sample `sample_index`: the final layer's attention (Eq. 5) of the FoE rows $i$ over the visual keys
+# $j$ is the drop matrix $P[i, j] = \mathcal A(i, j)$ (Eq. 6; heads averaged, raw probabilities), and
+# $\bar P[j] = \frac{1}{L_t}\sum_i P[i, j]$ (Eq. 8). Captured here in a separate single-sample forward and
+# compared with what stage 1 computed inside its batch.
+
+# %%
 s = samples[i0]
 b1 = lm.encode([s], [prompts.coarse_query(task.valence_groups, foe=True)])
 lay = b1.layouts[0]
@@ -188,16 +185,16 @@ print("P̄ of this single-sample forward equals stage 1's batched P̄:", "yes (m
 fig = plots.attention_heatmap(P, xlabels=[f"v{j}" + ("*" if cue[j] else "") for j in range(P.shape[1])],
                               ylabels=foe_words, title="drop matrix P (final layer; * = glyph token)")
 plots.save(fig, out_dir, "drop_matrix")
-"""),
-md(r"""
-## 5 · The dropping map $\mathcal R$ and the refined visual set $\mathcal V'$ (Eq. 9-10; Fig. 4)
 
-$k = \lfloor \beta N_v \rfloor$, $\mathcal R = \mathrm{argmin}_k(\bar P)$ and $\mathcal V' = \{v_j : j \notin \mathcal R\}$.
-The figure mirrors SEPM Fig. 4 on samples of different emotions: the image with $\bar P$ as heat, then
-the image with the dropped tokens occluded at each drop rate of `fig4_betas`. Cyan dashed boxes: the
-ground-truth glyph tokens, which SEPM's paper cannot show; a good significance keeps them.
-"""),
-code(r"""
+# %% [markdown]
+# ## 5 · The dropping map $\mathcal R$ and the refined visual set $\mathcal V'$ (Eq. 9-10; Fig. 4)
+#
+# $k = \lfloor \beta N_v \rfloor$, $\mathcal R = \mathrm{argmin}_k(\bar P)$ and $\mathcal V' = \{v_j : j \notin \mathcal R\}$.
+# The figure mirrors SEPM Fig. 4 on samples of different emotions: the image with $\bar P$ as heat, then
+# the image with the dropped tokens occluded at each drop rate of `fig4_betas`. Cyan dashed boxes: the
+# ground-truth glyph tokens, which SEPM's paper cannot show; a good significance keeps them.
+
+# %%
 k = sepm.n_dropped(lay.visual.size, beta)                      # Eq. (9): k = floor(beta N_v)
 R = sepm.dropping_map(Pbar, beta)                              # Eq. (9): R = argmin_k(P̄)
 V_kept = sepm.refined_visual_set(lay.visual.size, R)           # Eq. (10): V'
@@ -218,16 +215,16 @@ for r, i in enumerate(show):
         plots.overlay_tokens(occlude(samples[i], lay_i, R_i), lay_i, ax_row=[axes[r, c + 1]],
                              title=f"beta={b_}: {len(R_i)} dropped")
 plots.save(fig, out_dir, "dropped_tokens_over_images")
-"""),
-md(r"""
-## 6 · Stage 2: the fine query on $D'$ (Eq. 10, 2), and the whole method
 
-Dropping is removal: stage 2 runs under a key mask from the first decoder layer on, so no token ever
-attends a dropped visual token. First, on a batch of samples, the library's own stage 2
-(`SEPM.stage1` → `SEPM.dropping` → `SEPM.stage2`) and the same forward repeated with the answer row's
-attention recorded at every layer: the dropped keys must get exactly 0.
-"""),
-code(r"""
+# %% [markdown]
+# ## 6 · Stage 2: the fine query on $D'$ (Eq. 10, 2), and the whole method
+#
+# Dropping is removal: stage 2 runs under a key mask from the first decoder layer on, so no token ever
+# attends a dropped visual token. First, on a batch of samples, the library's own stage 2
+# (`SEPM.stage1` → `SEPM.dropping` → `SEPM.stage2`) and the same forward repeated with the answer row's
+# attention recorded at every layer: the dropped keys must get exactly 0.
+
+# %%
 main_params = {"alpha": alpha, "beta": beta, "strategy": strategy, "seed": seed}
 m = sepm.SEPM(**main_params)
 sub = samples[:min(16, n_samples)]
@@ -250,13 +247,13 @@ print(f"{sum(len(d) for d in drop)} tokens dropped over {len(sub)} samples; max 
       f"(any layer, head): {max(on_dropped):.1e}; mean mass on kept visual tokens: {np.mean(on_kept):.3f}")
 gap2 = float((logits2_rec - logits2).abs().max())
 print("the recorded forward reproduces stage 2's logits:", "yes (max gap < 1e-6)" if gap2 < 1e-6 else f"max gap {gap2:.1e}")
-"""),
-md(r"""
-Now the whole method through `evaluate` on `n_eval` samples, against the zero-shot baseline (the
-same fine query over all labels, one forward). The paired bootstrap gives a 95% interval for the
-accuracy difference on the same samples: a gain is only supported when the whole interval is above 0.
-"""),
-code(r"""
+
+# %% [markdown]
+# Now the whole method through `evaluate` on `n_eval` samples, against the zero-shot baseline (the
+# same fine query over all labels, one forward). The paired bootstrap gives a 95% interval for the
+# accuracy difference on the same samples: a gain is only supported when the whole interval is above 0.
+
+# %%
 res_zs = evaluate(lm, ds, "zero-shot", limit=n_eval, seed=seed, progress=False)
 res_sepm = evaluate(lm, ds, "sepm", main_params, limit=n_eval, seed=seed, progress=False)
 print(metrics_table(res_zs))
@@ -267,29 +264,29 @@ pred_zs = [q["label"] for q in res_zs["predictions"]]
 delta, lo, hi = paired_bootstrap_delta(y, pred_sepm, pred_zs, n=1000, seed=seed)
 verdict = "supported" if lo > 0 else ("reversed" if hi < 0 else "not distinguishable from 0 at this n")
 print(f"SEPM - zero-shot accuracy: {delta:+.4f}, 95% CI [{lo:+.4f}, {hi:+.4f}] -> {verdict}")
-"""),
-md(r"""
-For the tables and sweeps below, `SepmLab` (in `emolens.nbhelpers_sepm_ar`) runs many configurations
-on the same `n_eval` samples with the library's pieces, reusing stage 1 across configurations and
-caching each (sample, $Q_f$, $\mathcal R$) stage-2 answer. Its default configuration must reproduce
-`evaluate`'s SEPM predictions exactly (checked at the end).
-"""),
-code(r"""
+
+# %% [markdown]
+# For the tables and sweeps below, `SepmLab` (in `emolens.nbhelpers_sepm_ar`) runs many configurations
+# on the same `n_eval` samples with the library's pieces, reusing stage 1 across configurations and
+# caching each (sample, $Q_f$, $\mathcal R$) stage-2 answer. Its default configuration must reproduce
+# `evaluate`'s SEPM predictions exactly (checked at the end).
+
+# %%
 lab = SepmLab(lm, samples[:n_eval], task)
 main = lab.run(**main_params)
 print(f"SepmLab, default configuration: accuracy {main['accuracy']:.4f} "
       f"(evaluate: {res_sepm['metrics']['war']:.4f}); forwards so far: {lab.forwards}")
-"""),
-md(r"""
-## 7 · Which tokens to drop? FoE vs query vs random (SEPM Table 2)
 
-Random: $k$ tokens drawn uniformly (seeded per sample). Query-related: significance from the
-attention rows of the question sentence instead of the FoE prefix. FoE-related: SEPM. Besides
-accuracy, the world lets us score the choice itself: the share of each sample's glyph tokens that
-survive, and the share of dropped tokens that are glyph tokens (random dropping hits glyph tokens at
-the rate `cue_rate`).
-"""),
-code(r"""
+# %% [markdown]
+# ## 7 · Which tokens to drop? FoE vs query vs random (SEPM Table 2)
+#
+# Random: $k$ tokens drawn uniformly (seeded per sample). Query-related: significance from the
+# attention rows of the question sentence instead of the FoE prefix. FoE-related: SEPM. Besides
+# accuracy, the world lets us score the choice itself: the share of each sample's glyph tokens that
+# survive, and the share of dropped tokens that are glyph tokens (random dropping hits glyph tokens at
+# the rate `cue_rate`).
+
+# %%
 rows = []
 for st in ("random", "query", "foe"):
     for b_ in table2_betas:
@@ -300,14 +297,14 @@ fig = plots.bars(table2.assign(beta=table2["beta"].astype(str)), "strategy", "ac
                  title=f"dropping strategies (n={n_eval})", ylim=(0, 1))
 plots.save(fig, out_dir, "table2_strategies")
 table2.round(4)
-"""),
-md(r"""
-## 8 · Ablation of CCI, FP and VTA (SEPM Table 3)
 
-Rows as in the paper. With all three off SEPM is the zero-shot fine query (checked below). VTA is not
-studied alone, as in the paper (it needs stage 1's attention).
-"""),
-code(r"""
+# %% [markdown]
+# ## 8 · Ablation of CCI, FP and VTA (SEPM Table 3)
+#
+# Rows as in the paper. With all three off SEPM is the zero-shot fine query (checked below). VTA is not
+# studied alone, as in the paper (it needs stage 1's attention).
+
+# %%
 ablation = {"none": dict(cci=False, fp=False, vta=False), "CCI": dict(cci=True, fp=False, vta=False),
             "FP": dict(cci=False, fp=True, vta=False), "CCI+FP": dict(cci=True, fp=True, vta=False),
             "CCI+FP+VTA": dict(cci=True, fp=True, vta=True)}
@@ -319,28 +316,28 @@ table3 = pd.DataFrame([{"components": name, "CCI": sw["cci"], "FP": sw["fp"], "V
 fig = plots.bars(table3, "components", "accuracy", title=f"ablation (n={n_eval})", ylim=(0, 1))
 plots.save(fig, out_dir, "table3_ablation")
 table3.round(4)
-"""),
-md(r"""
-Where does CCI's effect come from? The same `n_eval` samples, split by the branch each one took in the
-main run: SEPM's and zero-shot's accuracy on exactly those samples. In the positive / negative
-branches $Q_f$ lists only four categories and re-letters them (in $Q_{NEC}$, "A" is the first negative
-category), so a branch that loses accuracy although its coarse answers are right points at the fine
-query, not at stage 1.
-"""),
-code(r"""
+
+# %% [markdown]
+# Where does CCI's effect come from? The same `n_eval` samples, split by the branch each one took in the
+# main run: SEPM's and zero-shot's accuracy on exactly those samples. In the positive / negative
+# branches $Q_f$ lists only four categories and re-letters them (in $Q_{NEC}$, "A" is the first negative
+# category), so a branch that loses accuracy although its coarse answers are right points at the fine
+# query, not at stage 1.
+
+# %%
 gold_arr = np.array(main["gold"])
 by_branch = pd.DataFrame({"branch": main["branch"], "coarse correct": [c == valence.get(g) for c, g in zip(main["coarse"], main["gold"])],
                           "sepm": np.array(main["label"]) == gold_arr, "zero-shot": np.array(pred_zs) == gold_arr})
 by_branch.groupby("branch").agg(n=("sepm", "size"), coarse_accuracy=("coarse correct", "mean"),
                                 sepm_accuracy=("sepm", "mean"), zero_shot_accuracy=("zero-shot", "mean")).round(4)
-"""),
-md(r"""
-## 9 · Sensitivity to $\alpha$ and $\beta$ (SEPM Fig. 3)
 
-One hyperparameter varies, the other stays at its default. For $\alpha$ the share of samples sent to
-the confident branch is shown too: $\alpha = 0$ trusts nearly every coarse answer, $\alpha = 0.25$ none.
-"""),
-code(r"""
+# %% [markdown]
+# ## 9 · Sensitivity to $\alpha$ and $\beta$ (SEPM Fig. 3)
+#
+# One hyperparameter varies, the other stays at its default. For $\alpha$ the share of samples sent to
+# the confident branch is shown too: $\alpha = 0$ trusts nearly every coarse answer, $\alpha = 0.25$ none.
+
+# %%
 sweep_a = pd.DataFrame([{"alpha": a, "accuracy": (r := lab.run(alpha=a, beta=beta, strategy=strategy, seed=seed))["accuracy"],
                          "confident share": float(np.mean([b != "ambiguous" for b in r["branch"]]))} for a in alphas])
 sweep_b = pd.DataFrame([{"beta": b_, "accuracy": (r := lab.run(alpha=alpha, beta=b_, strategy=strategy, seed=seed))["accuracy"],
@@ -354,15 +351,15 @@ plots.save(fig, out_dir, "sensitivity_beta")
 print(f"forwards run by SepmLab for all tables and sweeps: {lab.forwards}")
 display(sweep_a.round(4))
 sweep_b.round(4)
-"""),
-md(r"""
-## 10 · Per-class accuracy (SEPM Fig. 6)
 
-Recall per class for zero-shot and SEPM (left: positive categories, right: negative), with each
-method's overall accuracy as a dashed line. SEPM's paper notes that gains in one category can come
-with losses in a semantically close one.
-"""),
-code(r"""
+# %% [markdown]
+# ## 10 · Per-class accuracy (SEPM Fig. 6)
+#
+# Recall per class for zero-shot and SEPM (left: positive categories, right: negative), with each
+# method's overall accuracy as a dashed line. SEPM's paper notes that gains in one category can come
+# with losses in a semantically close one.
+
+# %%
 per_class = pd.DataFrame([{"class": c, "method": name, "accuracy": res["metrics"]["per_class_recall"][c],
                            "support": res["metrics"]["support"][c]}
                           for name, res in (("zero-shot", res_zs), ("sepm", res_sepm)) for c in task.labels])
@@ -372,16 +369,17 @@ for name, res, col in (("zero-shot", res_zs, "C0"), ("sepm", res_sepm, "C1")):
 fig.axes[0].tick_params(axis="x", rotation=30)
 plots.save(fig, out_dir, "per_class_accuracy")
 per_class.pivot(index="class", columns="method", values="accuracy").loc[list(task.labels)].round(4)
-"""),
-md(r"""
-## 11 · Explore $\alpha$ and $\beta$
 
-In JupyterLab: pick $\alpha$ and $\beta$ and press Run. You will see the accuracy and branch split on the
-`n_eval` samples (cached forwards make this quick) and, for the detailed sample, which tokens FoE
-dropping removes. Lowering $\alpha$ trusts more coarse answers; raising $\beta$ removes more tokens, and
-at some point the glyph itself (cyan boxes) goes. Headless runs show only the controls.
-"""),
-code(r"""
+
+# %% [markdown]
+# ## 11 · Explore $\alpha$ and $\beta$
+#
+# In JupyterLab: pick $\alpha$ and $\beta$ and press Run. You will see the accuracy and branch split on the
+# `n_eval` samples (cached forwards make this quick) and, for the detailed sample, which tokens FoE
+# dropping removes. Lowering $\alpha$ trusts more coarse answers; raising $\beta$ removes more tokens, and
+# at some point the glyph itself (cyan boxes) goes. Headless runs show only the controls.
+
+# %%
 def explore(alpha=alpha, beta=beta):
     r = lab.run(alpha=alpha, beta=beta, strategy=strategy, seed=seed)
     conf_share = np.mean([b != "ambiguous" for b in r["branch"]])
@@ -393,21 +391,21 @@ def explore(alpha=alpha, beta=beta):
     plt.show()
 
 explorer(explore, alpha=alphas, beta=betas)
-"""),
-md(r"""
-## Checks that fail loudly
 
-Structural truths of SEPM on this model's real tensors (no claim that SEPM wins):
+# %% [markdown]
+# ## Checks that fail loudly
+#
+# Structural truths of SEPM on this model's real tensors (no claim that SEPM wins):
+#
+# * $\mathcal C$ is Eq. 4 of the whole-vocabulary softmax of the stage-1 logits, and lies in $[0, 1/4]$;
+# * each sample's branch follows $\mathcal C > \alpha$ (Algorithm 1), and its $Q_f$ options are the branch's categories;
+# * exactly $\lfloor \beta N_v \rfloor$ tokens are dropped, and they are the $\mathrm{argmin}_k$ of $\bar P$;
+# * $\bar P$ recomputed in a separate forward equals stage 1's;
+# * dropped tokens get zero attention in stage 2 at every layer and head, and the recorded forward is stage 2;
+# * the random strategy drops the same number of tokens;
+# * `SepmLab` reproduces `evaluate`'s SEPM predictions, and SEPM with CCI, FP and VTA off is zero-shot.
 
-* $\mathcal C$ is Eq. 4 of the whole-vocabulary softmax of the stage-1 logits, and lies in $[0, 1/4]$;
-* each sample's branch follows $\mathcal C > \alpha$ (Algorithm 1), and its $Q_f$ options are the branch's categories;
-* exactly $\lfloor \beta N_v \rfloor$ tokens are dropped, and they are the $\mathrm{argmin}_k$ of $\bar P$;
-* $\bar P$ recomputed in a separate forward equals stage 1's;
-* dropped tokens get zero attention in stage 2 at every layer and head, and the recorded forward is stage 2;
-* the random strategy drops the same number of tokens;
-* `SepmLab` reproduces `evaluate`'s SEPM predictions, and SEPM with CCI, FP and VTA off is zero-shot.
-"""),
-code(r"""
+# %%
 assert np.allclose(C, s1.confidence, atol=1e-9), "C is not Eq. 4 of the vocabulary softmax"
 assert np.allclose(p_A, s1.p_a, atol=1e-6) and np.allclose(p_B, s1.p_b, atol=1e-6)
 assert np.all(C >= 0) and np.all(C <= 0.25 + 1e-12) and np.all(p_A + p_B <= 1 + 1e-9)
@@ -433,8 +431,8 @@ assert main["branch"] == [q["extra"]["branch"] for q in preds]
 assert main["dropped"] == [q["extra"]["dropped"] for q in preds]
 assert runs3["none"]["label"] == pred_zs, "SEPM without CCI/FP/VTA is not zero-shot"
 print("all checks passed")
-"""),
-code(r"""
+
+# %%
 summary = {
     "acc_zero_shot": res_zs["metrics"]["war"], "acc_sepm": res_sepm["metrics"]["war"],
     "uar_zero_shot": res_zs["metrics"]["uar"], "uar_sepm": res_sepm["metrics"]["uar"],
@@ -461,5 +459,3 @@ results = {"notebook": "04_sepm", "parameters": parameters, "summary": summary,
 pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)
 pathlib.Path(out_dir, "results.json").write_text(json.dumps(results, indent=1, default=float))
 {k: round(v, 4) for k, v in summary.items()}
-"""),
-])

@@ -1,19 +1,16 @@
-from nbbuild import build, code, md, params
+# %% [markdown]
+# # 06 · All methods side by side, and the verdict on the papers' claims
+#
+# **What you will see:**
+#
+# 1. every method of the collection on the world's views with the same prompt and samples — WAR, UAR,
+#    F1 and latency per sample (a WETR Table 1 analogue on emolens-tiny);
+# 2. the verdict table: each claim of WETR, SEPM and MoSEAR that this collection tests, the paper's
+#    number, ours, and *reproduced / partly reproduced / not reproduced*. The table is produced by
+#    `python benchmarks/verdicts.py` (500 test samples per run, paired bootstrap); this notebook shows
+#    the committed result and can recompute it (`recompute_verdicts = True`, several minutes).
 
-build("06_results", [
-md("""
-# 06 · All methods side by side, and the verdict on the papers' claims
-
-**What you will see:**
-
-1. every method of the collection on the world's views with the same prompt and samples — WAR, UAR,
-   F1 and latency per sample (a WETR Table 1 analogue on emolens-tiny);
-2. the verdict table: each claim of WETR, SEPM and MoSEAR that this collection tests, the paper's
-   number, ours, and *reproduced / partly reproduced / not reproduced*. The table is produced by
-   `python benchmarks/verdicts.py` (500 test samples per run, paired bootstrap); this notebook shows
-   the committed result and can recompute it (`recompute_verdicts = True`, several minutes).
-"""),
-params("""
+# %% tags=["parameters"]
 model = "emolens-tiny"  # model name or local checkpoint folder
 dataset = "world-mer"  # main dataset manifest for the side-by-side table
 split = "test"  # dataset split
@@ -25,8 +22,8 @@ verdict_n = 500  # samples per run when recomputing verdicts
 seed = 0  # evaluation seed
 device = "auto"  # auto | cpu | cuda
 out_dir = "../runs/notebooks/06_results"  # where figures and results.json go
-"""),
-code("""
+
+# %%
 import json, pathlib
 import pandas as pd
 import emolens
@@ -49,24 +46,25 @@ def side_by_side(ds_name):
 
 table = pd.DataFrame(sum((side_by_side(d) for d in [dataset, *extra_datasets]), []))
 table.drop(columns="ms/sample").round(4)
-"""),
-code("""
+
+# %%
+# NBVAL_IGNORE_OUTPUT
 table[["dataset", "method", "ms/sample"]].round(1)
-""", ignore_output=True),
-code("""
+
+# %%
 fig = plots.bars(table, "method", "WAR", hue="dataset", title="WAR per method (same prompt, same samples)", ylim=(0, 1))
 fig.axes[0].tick_params(axis="x", rotation=45)
 plots.save(fig, out_dir, "side_by_side")
-"""),
-md("""
-## The verdict table
 
-Decision rule (in `benchmarks/verdicts.py`): a comparison "A beats B" is *reproduced* when the 95%
-paired-bootstrap interval of the difference lies above 0, *partly* when the difference is positive
-but the interval includes 0, *not reproduced* otherwise; a multi-part claim is reproduced when every
-part is. Nothing was tuned; the methods run with the papers' defaults scaled to the model's depth.
-"""),
-code("""
+# %% [markdown]
+# ## The verdict table
+#
+# Decision rule (in `benchmarks/verdicts.py`): a comparison "A beats B" is *reproduced* when the 95%
+# paired-bootstrap interval of the difference lies above 0, *partly* when the difference is positive
+# but the interval includes 0, *not reproduced* otherwise; a multi-part claim is reproduced when every
+# part is. Nothing was tuned; the methods run with the papers' defaults scaled to the model's depth.
+
+# %%
 vpath = pathlib.Path("../benchmarks/results/verdicts.json")
 if recompute_verdicts:
     import subprocess, sys
@@ -76,21 +74,21 @@ vt = pd.DataFrame(verdicts["claims"])[["claim", "paper", "ours", "verdict"]]
 print(f"n = {verdicts['n']} test samples per run")
 pd.set_option("display.max_colwidth", None)
 vt
-"""),
-md("""
-## Checks that fail loudly
 
-* every method produced one prediction per sample and metrics within [0, 1];
-* the verdict table covers every claim the collection tests, each with one of the three verdicts.
-"""),
-code("""
+# %% [markdown]
+# ## Checks that fail loudly
+#
+# * every method produced one prediction per sample and metrics within [0, 1];
+# * the verdict table covers every claim the collection tests, each with one of the three verdicts.
+
+# %%
 assert table[["WAR", "UAR", "F1"]].stack().between(0, 1).all()
 assert set(table[table.dataset == dataset].method) == set(methods), set(methods) - set(table.method)
 assert set(vt.verdict) <= {"reproduced", "partly reproduced", "not reproduced"}
 assert len(vt) >= 9
 print("checks passed")
-"""),
-code("""
+
+# %%
 summary = {f"war_{r.method}": float(r.WAR) for r in table[table.dataset == dataset].itertuples()}
 summary.update({f"verdict_{c['id']}": c["verdict"] for c in verdicts["claims"]})
 results = {"notebook": "06_results", "parameters": {"model": model, "dataset": dataset, "split": split,
@@ -99,5 +97,3 @@ results = {"notebook": "06_results", "parameters": {"model": model, "dataset": d
 pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)
 pathlib.Path(out_dir, "results.json").write_text(json.dumps(results, indent=1))
 {k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}
-"""),
-])

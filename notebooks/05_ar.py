@@ -1,40 +1,37 @@
-from nbbuild import build, code, md, params
+# %% [markdown]
+# # 05 · AR: attention reallocation between audio and visual tokens (MoSEAR)
+#
+# MoSEAR (seed 003) observes that emotion MLLMs over-trust audio when audio and video disagree: on
+# CA-MER's *video-aligned* samples (the face shows the true emotion, the voice another) the answer
+# token's attention goes mostly to the single audio token (Sec. 4, Fig. 3a/b), which it traces to
+# **token imbalance** (1 audio token against hundreds of visual ones). Its training-free fix,
+# **Attention Reallocation (AR)** (Sec. 5.2, Algorithm 1), finds the biased heads of each layer at the
+# decoding step,
+#
+# $$c_h = \frac{S_h(\omega, \mathcal A)}{S_h(\omega, \mathcal V)} \ \text{(Eq. 5)},\qquad
+# c = \frac{\sum_h S_h(\omega, \mathcal A)}{\sum_h S_h(\omega, \mathcal V)} \ \text{(Eq. 6)},\qquad
+# \mathcal H_{bias} = \{h \mid c > \tau \ \text{and}\ c_h > c\} \ \text{(Eq. 7)},$$
+#
+# and moves mass $\Delta_h$ from audio to visual tokens until $c_h' = c$, keeping the head's
+# audio+visual total and each token's share within its group (Eq. 8-14). PAI, the baseline, instead
+# amplifies every visual score of the answer row in a range of layers.
+#
+# **What you will see** on emolens-tiny and the CA-MER view of the emotion world (2 frames × 16 = 32
+# visual tokens, 1 audio token, a subtitle; three conflict subsets whose ground truth says which
+# modality carries the label):
+#
+# 1. UAP of audio and visual tokens per layer on conflict samples (Fig. 3a), and per-token attention
+#    over the middle layers (Fig. 3b);
+# 2. the token-imbalance effect: per-token against total attention of 1 audio vs 32 visual tokens;
+# 3. Eq. 5-7 for one sample: the ratios and which heads are biased;
+# 4. the reallocation of one head before/after, with Eq. 8-11 checked numerically;
+# 5. AR against PAI on the three subsets (Table 7), and the $\tau$ sweep (Table 8).
+#
+# Whether this model *has* an audio bias is measured, not assumed. Where no layer's ratio $c$ exceeds
+# $\tau$, AR edits nothing; the tables report how much of the model each setting actually edited
+# (`touched`), so a method that cannot act here is visible as such.
 
-build("05_ar", [
-md(r"""
-# 05 · AR: attention reallocation between audio and visual tokens (MoSEAR)
-
-MoSEAR (seed 003) observes that emotion MLLMs over-trust audio when audio and video disagree: on
-CA-MER's *video-aligned* samples (the face shows the true emotion, the voice another) the answer
-token's attention goes mostly to the single audio token (Sec. 4, Fig. 3a/b), which it traces to
-**token imbalance** (1 audio token against hundreds of visual ones). Its training-free fix,
-**Attention Reallocation (AR)** (Sec. 5.2, Algorithm 1), finds the biased heads of each layer at the
-decoding step,
-
-$$c_h = \frac{S_h(\omega, \mathcal A)}{S_h(\omega, \mathcal V)} \ \text{(Eq. 5)},\qquad
-c = \frac{\sum_h S_h(\omega, \mathcal A)}{\sum_h S_h(\omega, \mathcal V)} \ \text{(Eq. 6)},\qquad
-\mathcal H_{bias} = \{h \mid c > \tau \ \text{and}\ c_h > c\} \ \text{(Eq. 7)},$$
-
-and moves mass $\Delta_h$ from audio to visual tokens until $c_h' = c$, keeping the head's
-audio+visual total and each token's share within its group (Eq. 8-14). PAI, the baseline, instead
-amplifies every visual score of the answer row in a range of layers.
-
-**What you will see** on emolens-tiny and the CA-MER view of the emotion world (2 frames × 16 = 32
-visual tokens, 1 audio token, a subtitle; three conflict subsets whose ground truth says which
-modality carries the label):
-
-1. UAP of audio and visual tokens per layer on conflict samples (Fig. 3a), and per-token attention
-   over the middle layers (Fig. 3b);
-2. the token-imbalance effect: per-token against total attention of 1 audio vs 32 visual tokens;
-3. Eq. 5-7 for one sample: the ratios and which heads are biased;
-4. the reallocation of one head before/after, with Eq. 8-11 checked numerically;
-5. AR against PAI on the three subsets (Table 7), and the $\tau$ sweep (Table 8).
-
-Whether this model *has* an audio bias is measured, not assumed. Where no layer's ratio $c$ exceeds
-$\tau$, AR edits nothing; the tables report how much of the model each setting actually edited
-(`touched`), so a method that cannot act here is visible as such.
-"""),
-params(r"""
+# %% tags=["parameters"]
 model = "emolens-tiny"  # model name or local checkpoint folder
 dataset = "world-camer"  # dataset manifest with audio, visual and conflict subsets
 split = "test"  # dataset split
@@ -52,8 +49,8 @@ pai_layers = "2:"  # PAI layers (from layer 2 on, as in its code)
 seed = 0  # seed of evaluation and bootstrap
 device = "auto"  # auto | cpu | cuda
 out_dir = "../runs/notebooks/05_ar"  # where figures and results.json go
-"""),
-code(r"""
+
+# %%
 import json
 import pathlib
 
@@ -83,19 +80,19 @@ L = lm.num_layers
 mid = middle_layers(L)
 print(f"{lm.family}: {L} layers, middle layers {mid} | {dataset}/{split}/{subset}: {len(samples)} samples")
 print("labels:", task.labels)
-"""),
-md(r"""
-## 1 · Unimodal attention proportion per layer (MoSEAR Eq. 1, Fig. 3a)
 
-At the answer position (the row whose next-token logits give the answer letter),
+# %% [markdown]
+# ## 1 · Unimodal attention proportion per layer (MoSEAR Eq. 1, Fig. 3a)
+#
+# At the answer position (the row whose next-token logits give the answer letter),
+#
+# $$UAP_v = \frac1H \sum_h \sum_{v \in \mathcal V} \omega_h(v), \qquad UAP_a = \frac1H \sum_h \sum_{a \in \mathcal A} \omega_h(a).$$
+#
+# MoSEAR computes them on the *failure cases* of the video-aligned subset. The world also tells us what
+# each modality expresses, so we can check the behaviour directly: on a video-aligned sample, does a
+# wrong answer follow the audio's emotion?
 
-$$UAP_v = \frac1H \sum_h \sum_{v \in \mathcal V} \omega_h(v), \qquad UAP_a = \frac1H \sum_h \sum_{a \in \mathcal A} \omega_h(a).$$
-
-MoSEAR computes them on the *failure cases* of the video-aligned subset. The world also tells us what
-each modality expresses, so we can check the behaviour directly: on a video-aligned sample, does a
-wrong answer follow the audio's emotion?
-"""),
-code(r"""
+# %%
 prof = uap_profile(lm, samples, task, groups=(target, source), middle=mid)
 fail = ~prof["correct"]
 follows_audio = np.array([p == s.labels_by_modality.get("audio") for p, s in zip(prof["pred"], samples)])
@@ -113,15 +110,15 @@ for l in (mid[0], mid[-1]):
     fig.axes[0].axvline(l, color="grey", ls=":", lw=1)
 plots.save(fig, out_dir, "uap_per_layer")
 uap_layers.round(4)
-"""),
-md(r"""
-## 2 · Per-token attention over the middle layers (Fig. 3b)
 
-One sample (the first failure case unless `sample_index` says otherwise): the answer row's attention,
-averaged over heads and the middle layers, on every token of the sequence, coloured by token group.
-The y axis is logarithmic, as MoSEAR's figure compares weights of order $10^{-1}$ and $10^{-3}$.
-"""),
-code(r"""
+# %% [markdown]
+# ## 2 · Per-token attention over the middle layers (Fig. 3b)
+#
+# One sample (the first failure case unless `sample_index` says otherwise): the answer row's attention,
+# averaged over heads and the middle layers, on every token of the sequence, coloured by token group.
+# The y axis is logarithmic, as MoSEAR's figure compares weights of order $10^{-1}$ and $10^{-3}$.
+
+# %%
 i0 = sample_index if sample_index >= 0 else (int(np.flatnonzero(fail)[0]) if fail.any() else 0)
 s = samples[i0]
 prompt = fine_prompts([s], task)
@@ -146,17 +143,17 @@ ax.set_xticks(ax.get_xticks()[::8])
 ax.set_title(f"per-token attention of the answer row, middle layers {mid[0]}-{mid[-1]}")
 fig.tight_layout()
 plots.save(fig, out_dir, "per_token_attention")
-"""),
-md(r"""
-## 3 · Token imbalance: one audio token against 32 visual tokens
 
-MoSEAR's Fig. 3c retrains the model with the audio token duplicated; a training-free notebook cannot,
-but it can show the quantity that drives the argument. Over the `n_samples` samples and the middle
-layers: each group's *total* attention (UAP), its number of tokens and its *per-token* attention.
-A group can receive little in total yet a lot per token, which is what a ratio of totals like $c$
-(Eq. 6) does not see.
-"""),
-code(r"""
+# %% [markdown]
+# ## 3 · Token imbalance: one audio token against 32 visual tokens
+#
+# MoSEAR's Fig. 3c retrains the model with the audio token duplicated; a training-free notebook cannot,
+# but it can show the quantity that drives the argument. Over the `n_samples` samples and the middle
+# layers: each group's *total* attention (UAP), its number of tokens and its *per-token* attention.
+# A group can receive little in total yet a lot per token, which is what a ratio of totals like $c$
+# (Eq. 6) does not see.
+
+# %%
 imb = []
 for g in (target, source):
     n_tok = np.array([len(v) for v in prof["per_token_group"][g]])
@@ -169,15 +166,15 @@ ratio_token = imbalance.loc[source, "per token (mean)"] / imbalance.loc[target, 
 print(f"{source}/{target}: total attention ratio {ratio_total:.3f}, per-token ratio {ratio_token:.3f} "
       f"(token counts {imbalance.loc[target, 'tokens per sample']:.0f} : {imbalance.loc[source, 'tokens per sample']:.0f})")
 imbalance.round(4)
-"""),
-md(r"""
-## 4 · Biased layers and heads for one sample (Eq. 5-7)
 
-For the same sample: per layer and head, $S_h(\omega, \mathcal A)$, $S_h(\omega, \mathcal V)$, the head
-ratio $c_h$ (Eq. 5), the layer ratio $c$ (Eq. 6) and the biased set (Eq. 7) at `tau`. A layer is
-biased only when $c > \tau$; then its heads with $c_h > c$ are biased.
-"""),
-code(r"""
+# %% [markdown]
+# ## 4 · Biased layers and heads for one sample (Eq. 5-7)
+#
+# For the same sample: per layer and head, $S_h(\omega, \mathcal A)$, $S_h(\omega, \mathcal V)$, the head
+# ratio $c_h$ (Eq. 5), the layer ratio $c$ (Eq. 6) and the biased set (Eq. 7) at `tau`. A layer is
+# biased only when $c > \tau$; then its heads with $c_h > c$ are biased.
+
+# %%
 heads = head_table(rows, lay, tau, source=source, target=target)
 layer_c = heads.groupby("layer")["c"].first()
 n_biased = int(heads["biased"].sum())
@@ -195,21 +192,21 @@ for r_ in heads[heads["biased"]].itertuples():
     fig.axes[0].add_patch(plt.Rectangle((r_.head, r_.layer), 1, 1, fill=False, ec="cyan", lw=2))
 plots.save(fig, out_dir, "head_ratios")
 heads.round(4)
-"""),
-md(r"""
-## 5 · Reallocating one head (Eq. 8-14), before and after
 
-The biased head with the largest $\Delta_h$ is reallocated with the closed form
+# %% [markdown]
+# ## 5 · Reallocating one head (Eq. 8-14), before and after
+#
+# The biased head with the largest $\Delta_h$ is reallocated with the closed form
+#
+# $$\omega'_h(a) = \omega_h(a)\Big(1 - \frac{\Delta_h}{S_h(\omega,\mathcal A)}\Big),\quad
+# \omega'_h(v) = \omega_h(v)\Big(1 + \frac{\Delta_h}{S_h(\omega,\mathcal V)}\Big),\quad
+# \Delta_h = \frac{S_h(\omega,\mathcal A) - c\,S_h(\omega,\mathcal V)}{1 + c}\ \text{(Eq. 12-14)},$$
+#
+# and the constraints are measured on the result: $c_h(\omega') = c$ (Eq. 8), the audio+visual total is
+# unchanged (Eq. 9), each token's share within its group is unchanged (Eq. 10-11), every other key and
+# every unbiased head is untouched, and the row still sums to 1.
 
-$$\omega'_h(a) = \omega_h(a)\Big(1 - \frac{\Delta_h}{S_h(\omega,\mathcal A)}\Big),\quad
-\omega'_h(v) = \omega_h(v)\Big(1 + \frac{\Delta_h}{S_h(\omega,\mathcal V)}\Big),\quad
-\Delta_h = \frac{S_h(\omega,\mathcal A) - c\,S_h(\omega,\mathcal V)}{1 + c}\ \text{(Eq. 12-14)},$$
-
-and the constraints are measured on the result: $c_h(\omega') = c$ (Eq. 8), the audio+visual total is
-unchanged (Eq. 9), each token's share within its group is unchanged (Eq. 10-11), every other key and
-every unbiased head is untouched, and the row still sums to 1.
-"""),
-code(r"""
+# %%
 biased = heads[heads["biased"]].copy()
 biased["delta"] = (biased["S_A"] - biased["c"] * biased["S_V"]) / (1 + biased["c"])   # Eq. (14)
 pick = biased.sort_values(["delta", "layer", "head"], ascending=[False, True, True]).iloc[0]
@@ -233,14 +230,14 @@ fig = plots.lines(pd.DataFrame({"visual token": np.tile(np.arange(len(tgt)), 2),
                   "visual token", "attention", hue="when", title="per-token visual weights: same shape, scaled (Eq. 11)")
 plots.save(fig, out_dir, "head_visual_tokens")
 pd.Series(rep).to_frame("value").T.round(6)
-"""),
-md(r"""
-The same step for the whole layer through `reallocate` (Algorithm 1), and through the model: AR's plan
-with `record=True` stores, at every layer, the rows before and after the edit inside one forward
-(earlier layers' edits already shape later layers' inputs). Each edited head must satisfy the
-constraints; every other head must be bit-identical.
-"""),
-code(r"""
+
+# %% [markdown]
+# The same step for the whole layer through `reallocate` (Algorithm 1), and through the model: AR's plan
+# with `record=True` stores, at every layer, the rows before and after the edit inside one forward
+# (earlier layers' edits already shape later layers' inputs). Each edited head must satisfy the
+# constraints; every other head must be bit-identical.
+
+# %%
 layer_rows = torch.stack([rows[l] for l in range(L)])[:, None, :, None, :]   # [L, 1, H, 1, K]
 src_m = torch.zeros(lay.seq_len, dtype=torch.bool); src_m[torch.as_tensor(src)] = True
 tgt_m = torch.zeros(lay.seq_len, dtype=torch.bool); tgt_m[torch.as_tensor(tgt)] = True
@@ -266,19 +263,19 @@ print(f"reallocate() on layer {l_}: head {h_} equals the closed form: {same_head
 print(f"in the forward at tau = {tau_show}: {int(forward_checks['biased'].sum())} heads edited over {L} layers; "
       f"answer {prof['pred'][i0]} -> {answers_ar[0].label} (gold {s.label})")
 forward_checks[forward_checks["biased"]].drop(columns=["biased"]).round(6)
-"""),
-md(r"""
-## 6 · AR against PAI on the three conflict subsets (MoSEAR Table 7)
 
-Each subset is evaluated with the same fine query: zero-shot, PAI (visual scores $s \leftarrow s + \alpha|s|$
-at the answer row, layers `pai_layers`) and AR at `tau`. MoSEAR reports the average of accuracy and
-recall; here WAR, UAR and their mean (`avg`). The paired bootstrap gives each method's accuracy
-difference to zero-shot with a 95% interval; `touched` is the share of (sample, layer) pairs AR
-actually edited, `answers = audio` the share of answers equal to the audio's emotion. AR only moves
-mass from `source` to `target`: if this model's bias runs the other way (compare the video- and
-audio-aligned rows), swapping the two parameters asks the mirrored question.
-"""),
-code(r"""
+# %% [markdown]
+# ## 6 · AR against PAI on the three conflict subsets (MoSEAR Table 7)
+#
+# Each subset is evaluated with the same fine query: zero-shot, PAI (visual scores $s \leftarrow s + \alpha|s|$
+# at the answer row, layers `pai_layers`) and AR at `tau`. MoSEAR reports the average of accuracy and
+# recall; here WAR, UAR and their mean (`avg`). The paired bootstrap gives each method's accuracy
+# difference to zero-shot with a 95% interval; `touched` is the share of (sample, layer) pairs AR
+# actually edited, `answers = audio` the share of answers equal to the audio's emotion. AR only moves
+# mass from `source` to `target`: if this model's bias runs the other way (compare the video- and
+# audio-aligned rows), swapping the two parameters asks the mirrored question.
+
+# %%
 configs7 = {"zero-shot": {"method": "zero-shot"},
             "PAI": {"method": "pai", "alpha": pai_alpha, "layers": pai_layers},
             "AR": {"method": "ar", "tau": tau, "source": source, "target": target}}
@@ -308,14 +305,14 @@ pai_mass = np.array([[q["extra"]["pai"]["mass_before"], q["extra"]["pai"]["mass_
                      for sub in subsets for q in run_of(sub, configs7["PAI"])["predictions"]])   # [N, 2, layers]
 print(f"PAI: {target} mass of the answer row (mean over samples and its layers) {pai_mass[:, 0].mean():.4f} -> {pai_mass[:, 1].mean():.4f}")
 table7.round(4)
-"""),
-md(r"""
-## 7 · The threshold $\tau$ (MoSEAR Table 8)
 
-$\tau = 0$ edits every layer with $c > 0$; larger $\tau$ edits only layers where audio already outweighs
-visual by that factor in total. `touched` shows how much of the model each $\tau$ actually edits.
-"""),
-code(r"""
+# %% [markdown]
+# ## 7 · The threshold $\tau$ (MoSEAR Table 8)
+#
+# $\tau = 0$ edits every layer with $c > 0$; larger $\tau$ edits only layers where audio already outweighs
+# visual by that factor in total. `touched` shows how much of the model each $\tau$ actually edits.
+
+# %%
 configs8 = {f"tau={t:g}": {"method": "ar", "tau": float(t), "source": source, "target": target} for t in taus}
 table8, cache = evaluate_grid(lm, dataset, configs8, subsets, limit=n_eval, split=split, seed=seed, cache=cache)
 table8["touched"] = [float(np.mean([lb for q in run_of(r_.subset, configs8[r_.config])["predictions"]
@@ -329,16 +326,17 @@ fig = plots.lines(table8.assign(tau=[float(c.split("=")[1]) for c in table8["con
                   title=f"Table 8 analogue: AR (WAR + UAR) / 2 vs tau (n={n_eval} per subset)")
 plots.save(fig, out_dir, "table8_tau")
 wide8.round(4)
-"""),
-md(r"""
-## 8 · Explore $\tau$
 
-In JupyterLab: pick $\tau$ and press Run to see, for the inspected sample, which layers and heads
-Eq. 7 marks as biased, and AR's accuracy on the analysed subset at that $\tau$ (evaluated once per
-$\tau$, then cached). Raising $\tau$ above the largest layer ratio $c$ switches AR off entirely.
-Headless runs show only the controls.
-"""),
-code(r"""
+
+# %% [markdown]
+# ## 8 · Explore $\tau$
+#
+# In JupyterLab: pick $\tau$ and press Run to see, for the inspected sample, which layers and heads
+# Eq. 7 marks as biased, and AR's accuracy on the analysed subset at that $\tau$ (evaluated once per
+# $\tau$, then cached). Raising $\tau$ above the largest layer ratio $c$ switches AR off entirely.
+# Headless runs show only the controls.
+
+# %%
 def explore(tau=tau):
     ht = head_table(rows, lay, tau, source=source, target=target)
     t_, _ = evaluate_grid(lm, dataset, {"AR": {"method": "ar", "tau": float(tau), "source": source, "target": target}},
@@ -349,20 +347,20 @@ def explore(tau=tau):
     display(ht.pivot(index="layer", columns="head", values="biased"))
 
 explorer(explore, tau=[0.0, 0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 3.0])
-"""),
-md(r"""
-## Checks that fail loudly
 
-Structural truths on this model's real attention (no claim that AR or PAI wins):
+# %% [markdown]
+# ## Checks that fail loudly
+#
+# Structural truths on this model's real attention (no claim that AR or PAI wins):
+#
+# * UAP values lie in $[0, 1]$ and $UAP_v + UAP_a \le 1$; Eq. 1 recomputed on a captured row matches `uap_profile`;
+# * the reallocated head satisfies Eq. 8-11 (to float precision), its row sums to 1, other keys are untouched;
+# * `reallocate` and the in-forward AR edit touch exactly the heads of Eq. 7 and leave every other head bit-identical;
+# * AR moves mass only in layers with $c > \tau$, and at a $\tau$ above every layer ratio it changes nothing;
+# * PAI raises the visual mass of the answer row in every edited layer of every sample;
+# * Table 8's $\tau$ = `tau` row is Table 7's AR row.
 
-* UAP values lie in $[0, 1]$ and $UAP_v + UAP_a \le 1$; Eq. 1 recomputed on a captured row matches `uap_profile`;
-* the reallocated head satisfies Eq. 8-11 (to float precision), its row sums to 1, other keys are untouched;
-* `reallocate` and the in-forward AR edit touch exactly the heads of Eq. 7 and leave every other head bit-identical;
-* AR moves mass only in layers with $c > \tau$, and at a $\tau$ above every layer ratio it changes nothing;
-* PAI raises the visual mass of the answer row in every edited layer of every sample;
-* Table 8's $\tau$ = `tau` row is Table 7's AR row.
-"""),
-code(r"""
+# %%
 for g in (target, source):
     assert np.all((prof["uap"][g] >= 0) & (prof["uap"][g] <= 1 + 1e-9)), g
 assert np.all(prof["uap"][target] + prof["uap"][source] <= 1 + 1e-9)
@@ -392,8 +390,8 @@ t7 = table7[table7["config"] == "AR"].set_index("subset")["avg"]
 t8 = table8[table8["config"] == f"tau={tau:g}"].set_index("subset")["avg"] if tau in taus else t7
 assert np.allclose(t7.loc[list(subsets)].values, t8.loc[list(subsets)].values)
 print("all checks passed")
-"""),
-code(r"""
+
+# %%
 summary = {"acc_subset": float(prof["correct"].mean()), "n_failures": int(fail.sum()),
            "answers_follow_audio": float(follows_audio.mean()), "answers_follow_face": float(follows_video.mean()),
            f"uap_{target}_middle": float(prof["uap_middle"][target].mean()), f"uap_{source}_middle": float(prof["uap_middle"][source].mean()),
@@ -414,5 +412,3 @@ results = {"notebook": "05_ar", "parameters": parameters, "summary": summary,
 pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)
 pathlib.Path(out_dir, "results.json").write_text(json.dumps(results, indent=1, default=float))
 {k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}
-"""),
-])

@@ -228,3 +228,18 @@ def test_install_and_layers_through_a_plain_wrapper_module():
     with intervene(w, layouts, Capture(layers=[1], rows="answer")) as trace, torch.no_grad():
         w.language_model(**inputs)
     assert trace.captures[("answer", 1)].probs.shape == (2, 4, 1, inputs["input_ids"].shape[1])
+
+
+# --------------------------------------------------------------------------- upstream drift
+@pytest.mark.filterwarnings("error::FutureWarning")
+@pytest.mark.filterwarnings("error::DeprecationWarning")
+@pytest.mark.parametrize("name", ARCHS)
+def test_generate_with_a_plan_emits_no_deprecation_warning(name):
+    """generate() through the emolens attention with a capture plan raises no FutureWarning or
+    DeprecationWarning on the installed transformers (e.g. the 5.24 ``past_key_values`` -> ``cache``
+    rename): the cache keyword is passed under the name the version takes (emolens.compat)."""
+    model, inputs, layouts = built(name)
+    set_impl(model, A.NAME)
+    with intervene(model, layouts, Plan([Capture(layers=[0], rows="last", steps="all")])):
+        seq = generate(model, inputs)
+    assert seq.shape[1] == inputs["input_ids"].shape[1] + NEW

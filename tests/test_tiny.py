@@ -128,3 +128,14 @@ def test_emolens_attention_is_identical_to_stock_sdpa(lm):
         gen = lm.model.generate(**batch.inputs, max_new_tokens=4, do_sample=False)
     assert torch.allclose(ref, got, atol=1e-5) and torch.allclose(ref, got_plan, atol=1e-5)
     assert torch.equal(gen_ref, gen)
+
+
+@pytest.mark.filterwarnings("error::FutureWarning")
+@pytest.mark.filterwarnings("error::DeprecationWarning")
+def test_generate_emits_no_deprecation_warning(lm):
+    """emolens-tiny's generate() hands the KV cache to its decoder under one keyword only (no
+    'Both `past_key_values` and `cache` are set', no deprecated-name warning on transformers >= 5.24)."""
+    samples, prompts, batch = _batch(lm)
+    with torch.no_grad():
+        seq = lm.model.generate(**batch.inputs, max_new_tokens=3, do_sample=False)
+    assert seq.shape[1] == batch.inputs["input_ids"].shape[1] + 3

@@ -31,6 +31,7 @@ from transformers import AutoConfig, GenerationMixin, PreTrainedConfig, PreTrain
 from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from ..compat import cache_kw, output_cache
 from ..layout import TokenLayout
 from ..prompts import WORD_PATTERN
 from .base import Batch
@@ -108,7 +109,7 @@ class EmolensTinyForConditionalGeneration(PreTrainedModel, GenerationMixin):
     _supports_sdpa = True
     _supports_attention_backend = True
     _supports_flash_attn = False
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]
 
     def __init__(self, config: EmolensTinyConfig):
         super().__init__(config)
@@ -155,11 +156,14 @@ class EmolensTinyForConditionalGeneration(PreTrainedModel, GenerationMixin):
 
     def forward(self, input_ids=None, pixel_values=None, frame_index=None, audio_values=None, attention_mask=None,
                 position_ids=None, past_key_values=None, inputs_embeds=None, labels=None, use_cache=None,
-                logits_to_keep: int = 0, **kwargs):
+                logits_to_keep: int = 0, cache=None, **kwargs):
+        """The KV cache comes as ``cache`` (transformers >= 5.24) or ``past_key_values`` (before); it is
+        handed to the decoder under the one name the installed version takes (emolens.compat)."""
         if inputs_embeds is None:
             inputs_embeds = self.embed(input_ids, pixel_values, frame_index, audio_values)
+        kv = cache if cache is not None else past_key_values
         out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-                                  past_key_values=past_key_values, use_cache=use_cache, **kwargs)
+                                  use_cache=use_cache, **{cache_kw(): kv}, **kwargs)
         h = out.last_hidden_state
         if logits_to_keep:
             h = h[:, -logits_to_keep:]
@@ -168,7 +172,7 @@ class EmolensTinyForConditionalGeneration(PreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
                                                labels[:, 1:].reshape(-1), ignore_index=-100)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{cache_kw(): output_cache(out)})
 
 
 AutoConfig.register("emolens_tiny", EmolensTinyConfig, exist_ok=True)

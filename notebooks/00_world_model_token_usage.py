@@ -17,15 +17,15 @@
 # 4. the lever itself: setting $m_i = 0$ for the cue tokens versus for as many random visual tokens.
 
 # %% tags=["parameters"]
-model = "emolens-tiny"  # model name or local checkpoint folder
-dataset = "world-mer"  # dataset manifest (world view or local benchmark)
-split = "test"  # dataset split
-n_samples = 96  # samples for the averaged analyses
-sample_index = 3  # which sample to draw in detail
-eps = 0.0  # world noise level (0..7), world datasets only
-seed = 0  # seed for the random-token control
-device = "auto"  # auto | cpu | cuda
-out_dir = "../runs/notebooks/00_world_model_token_usage"  # where figures and results.json go
+model: str = "emolens-tiny"  # model name or local checkpoint folder
+dataset: str = "world-mer"  # dataset manifest (world view or local benchmark)
+split: str = "test"  # dataset split
+n_samples: int = 96  # samples for the averaged analyses
+sample_index: int = 3  # which sample to draw in detail
+eps: float = 0.0  # world noise level (0..7), world datasets only
+seed: int = 0  # seed for the random-token control
+device: str = "auto"  # auto | cpu | cuda
+out_dir: str = "../runs/notebooks/00_world_model_token_usage"  # where figures and results.json go
 
 # %%
 import numpy as np

@@ -22,24 +22,24 @@
 #    size-matched random control, and a sweep of the visual keep ratio $p_v$ (Fig. 7).
 
 # %% tags=["parameters"]
-model = "emolens-tiny"  # model name or local checkpoint folder
-dataset = "world-mer"  # dataset manifest (world view or local benchmark)
-split = "test"  # dataset split
-n_samples = 64  # samples for the deletion test and the keep-ratio sweep
-n_eval = 128  # samples for the scoring-strategy comparison (WETR Table 2)
-sample_index = 3  # which sample to walk through in detail
-eps = 0.0  # world noise level (0..7), world datasets only
-layer = -1  # NTS trigger layer l (-1: auto, round(n_layers * 9/36))
-p_v = 0.03  # visual keep ratio p_v (Eq. 6; the paper's value)
-p_t = 0.2  # subtitle-content keep ratio p_t (Eq. 6; the paper's value)
-norm = "minmax"  # Norm of Eq. 4/5: minmax | zscore | none
-cross_modal = True  # add Eq. 5's cross-modal support term
-p_v_grid = [0.03, 0.1, 0.25, 0.5, 1.0]  # visual keep ratios of the sweep (WETR Fig. 7)
-deletion_p_v = [0.03, 0.25]  # visual keep ratios at which the deletion test runs (WETR Fig. 4)
-n_random = 2  # random draws of the size-matched control in the deletion test
-seed = 0  # seed of the random-selection baseline and the random deletion control
-device = "auto"  # auto | cpu | cuda
-out_dir = "../runs/notebooks/01_nts"  # where figures and results.json go
+model: str = "emolens-tiny"  # model name or local checkpoint folder
+dataset: str = "world-mer"  # dataset manifest (world view or local benchmark)
+split: str = "test"  # dataset split
+n_samples: int = 64  # samples for the deletion test and the keep-ratio sweep
+n_eval: int = 128  # samples for the scoring-strategy comparison (WETR Table 2)
+sample_index: int = 3  # which sample to walk through in detail
+eps: float = 0.0  # world noise level (0..7), world datasets only
+layer: int = -1  # NTS trigger layer l (-1: auto, round(n_layers * 9/36))
+p_v: float = 0.03  # visual keep ratio p_v (Eq. 6; the paper's value)
+p_t: float = 0.2  # subtitle-content keep ratio p_t (Eq. 6; the paper's value)
+norm: str = "minmax"  # Norm of Eq. 4/5: minmax | zscore | none
+cross_modal: bool = True  # add Eq. 5's cross-modal support term
+p_v_grid: list[float] = [0.03, 0.1, 0.25, 0.5, 1.0]  # visual keep ratios of the sweep (WETR Fig. 7)
+deletion_p_v: list[float] = [0.03, 0.25]  # visual keep ratios at which the deletion test runs (WETR Fig. 4)
+n_random: int = 2  # random draws of the size-matched control in the deletion test
+seed: int = 0  # seed of the random-selection baseline and the random deletion control
+device: str = "auto"  # auto | cpu | cuda
+out_dir: str = "../runs/notebooks/01_nts"  # where figures and results.json go
 
 # %%
 import json

@@ -23,28 +23,28 @@
 #    selection is corrupted with ratio $r$, and why a small $r$ cannot touch the visual side at $p_v = 0.03$.
 
 # %% tags=["parameters"]
-model = "emolens-tiny"  # model name or local checkpoint folder
-dataset = "world-mer"  # dataset manifest (world view or local benchmark)
-split = "test"  # dataset split
-n_samples = 48  # samples for the gamma distribution and the contribution shift (WETR Table 8)
-n_eval = 96  # samples per cell of the error-propagation table (WETR Table 5)
-sample_index = 3  # which sample to walk through in detail
-eps = 0.0  # world noise level (0..7), world datasets only
-layer = -1  # trigger layer l of NTS + STR (-1: auto, round(n_layers * 9/36))
-p_v = 0.03  # NTS visual keep ratio (the paper's value)
-p_t = 0.2  # NTS subtitle-content keep ratio (the paper's value)
-p_v_wide = 0.25  # a wider visual keep ratio, to see alpha over several kept visual tokens
-norm = "minmax"  # Norm of the NTS scores (and of the gate input)
-delta = 4.0  # intervention strength delta (Eq. 11; the paper's value)
-p_v_anc = 0.1  # anchor ratio within K_v
-p_t_anc = 0.1  # anchor ratio within K_con
-gamma_anc = 1.0  # anchor lower bound gamma_anc (at least 1)
-negative = "clamp0"  # negative gamma: clamp0 (gamma <- max(gamma, 0)) | keep (signed)
-n_r = 2  # WETR trigger interval for the error-propagation table (triggers: l mod n_r is 0)
-noise_grid = [0.0, 0.3, 0.5]  # post-NTS selection-noise ratios r (WETR Table 5)
-seed = 0  # seed of the selection noise
-device = "auto"  # auto | cpu | cuda
-out_dir = "../runs/notebooks/02_str"  # where figures and results.json go
+model: str = "emolens-tiny"  # model name or local checkpoint folder
+dataset: str = "world-mer"  # dataset manifest (world view or local benchmark)
+split: str = "test"  # dataset split
+n_samples: int = 48  # samples for the gamma distribution and the contribution shift (WETR Table 8)
+n_eval: int = 96  # samples per cell of the error-propagation table (WETR Table 5)
+sample_index: int = 3  # which sample to walk through in detail
+eps: float = 0.0  # world noise level (0..7), world datasets only
+layer: int = -1  # trigger layer l of NTS + STR (-1: auto, round(n_layers * 9/36))
+p_v: float = 0.03  # NTS visual keep ratio (the paper's value)
+p_t: float = 0.2  # NTS subtitle-content keep ratio (the paper's value)
+p_v_wide: float = 0.25  # a wider visual keep ratio, to see alpha over several kept visual tokens
+norm: str = "minmax"  # Norm of the NTS scores (and of the gate input)
+delta: float = 4.0  # intervention strength delta (Eq. 11; the paper's value)
+p_v_anc: float = 0.1  # anchor ratio within K_v
+p_t_anc: float = 0.1  # anchor ratio within K_con
+gamma_anc: float = 1.0  # anchor lower bound gamma_anc (at least 1)
+negative: str = "clamp0"  # negative gamma: clamp0 (gamma <- max(gamma, 0)) | keep (signed)
+n_r: int = 2  # WETR trigger interval for the error-propagation table (triggers: l mod n_r is 0)
+noise_grid: list[float] = [0.0, 0.3, 0.5]  # post-NTS selection-noise ratios r (WETR Table 5)
+seed: int = 0  # seed of the selection noise
+device: str = "auto"  # auto | cpu | cuda
+out_dir: str = "../runs/notebooks/02_str"  # where figures and results.json go
 
 # %%
 import json

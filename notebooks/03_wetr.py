@@ -18,21 +18,21 @@
 # Every number below is measured here; where WETR does not help on this model, that is the finding.
 
 # %% tags=["parameters"]
-model = "emolens-tiny"  # model name or local checkpoint folder
-dataset = "world-mer"  # dataset manifest (world view)
-split = "test"  # dataset split
-n_samples = 48  # samples per evaluation in the sweeps (benchmarks/verdicts.py uses 500)
-sample_index = 3  # sample drawn in the heatmaps
-n_r = 2  # trigger interval (paper: 9 of 36 layers -> 2 of 8)
-delta = 4.0  # STR intervention strength (paper default 4)
-p_v = 0.03  # NTS visual keep ratio (paper default)
-p_t = 0.2  # NTS subtitle keep ratio (paper default)
-n_r_grid = [1, 2, 4]  # n_r values swept (Table 4)
-delta_grid = [0.0, 4.0]  # delta values swept (Table 4)
-eps_grid = [0.0, 7.0]  # noise levels swept (Fig. 6)
-seed = 0  # evaluation seed
-device = "auto"  # auto | cpu | cuda
-out_dir = "../runs/notebooks/03_wetr"  # where figures and results.json go
+model: str = "emolens-tiny"  # model name or local checkpoint folder
+dataset: str = "world-mer"  # dataset manifest (world view)
+split: str = "test"  # dataset split
+n_samples: int = 48  # samples per evaluation in the sweeps (benchmarks/verdicts.py uses 500)
+sample_index: int = 3  # sample drawn in the heatmaps
+n_r: int = 2  # trigger interval (paper: 9 of 36 layers -> 2 of 8)
+delta: float = 4.0  # STR intervention strength (paper default 4)
+p_v: float = 0.03  # NTS visual keep ratio (paper default)
+p_t: float = 0.2  # NTS subtitle keep ratio (paper default)
+n_r_grid: list[int] = [1, 2, 4]  # n_r values swept (Table 4)
+delta_grid: list[float] = [0.0, 4.0]  # delta values swept (Table 4)
+eps_grid: list[float] = [0.0, 7.0]  # noise levels swept (Fig. 6)
+seed: int = 0  # evaluation seed
+device: str = "auto"  # auto | cpu | cuda
+out_dir: str = "../runs/notebooks/03_wetr"  # where figures and results.json go
 
 # %%
 import numpy as np

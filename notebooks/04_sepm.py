@@ -31,24 +31,24 @@
 # advance. A component that does not help on this model is a finding and is shown as one.
 
 # %% tags=["parameters"]
-model = "emolens-tiny"  # model name or local checkpoint folder
-dataset = "world-emoset"  # dataset manifest with positive/negative valence groups (world view or local)
-split = "test"  # dataset split
-n_samples = 128  # samples for the stage-1 analyses (confidence vs coarse accuracy, Fig. 4 picks)
-n_eval = 128  # samples for every accuracy comparison (Tables 2-3, Figs. 3 and 6)
-sample_index = 0  # which sample to walk through in detail
-eps = 0.0  # world noise level (0..7), world datasets only
-alpha = 0.1  # confidence threshold on C (Eq. 4; C lies in [0, 0.25]); SEPM default 0.1
-beta = 0.2  # dropping ratio: floor(beta N_v) tokens dropped (Eq. 9); SEPM default 0.2
-strategy = "foe"  # dropping strategy of the main run: foe | query | random (Table 2)
-alphas = [0.0, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25]  # alpha sweep (Fig. 3)
-betas = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]  # beta sweep (Fig. 3)
-table2_betas = [0.1, 0.2]  # drop rates of the strategy comparison (Table 2)
-fig4_betas = [0.2, 0.4]  # drop rates drawn over the images (Fig. 4)
-conf_bins = [0.0, 0.01, 0.05, 0.1, 0.15, 0.2, 0.25]  # bin edges of C for confidence vs accuracy (Fig. 5)
-seed = 0  # seed of the random dropping strategy and of the bootstrap
-device = "auto"  # auto | cpu | cuda
-out_dir = "../runs/notebooks/04_sepm"  # where figures and results.json go
+model: str = "emolens-tiny"  # model name or local checkpoint folder
+dataset: str = "world-emoset"  # dataset manifest with positive/negative valence groups (world view or local)
+split: str = "test"  # dataset split
+n_samples: int = 128  # samples for the stage-1 analyses (confidence vs coarse accuracy, Fig. 4 picks)
+n_eval: int = 128  # samples for every accuracy comparison (Tables 2-3, Figs. 3 and 6)
+sample_index: int = 0  # which sample to walk through in detail
+eps: float = 0.0  # world noise level (0..7), world datasets only
+alpha: float = 0.1  # confidence threshold on C (Eq. 4; C lies in [0, 0.25]); SEPM default 0.1
+beta: float = 0.2  # dropping ratio: floor(beta N_v) tokens dropped (Eq. 9); SEPM default 0.2
+strategy: str = "foe"  # dropping strategy of the main run: foe | query | random (Table 2)
+alphas: list[float] = [0.0, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25]  # alpha sweep (Fig. 3)
+betas: list[float] = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]  # beta sweep (Fig. 3)
+table2_betas: list[float] = [0.1, 0.2]  # drop rates of the strategy comparison (Table 2)
+fig4_betas: list[float] = [0.2, 0.4]  # drop rates drawn over the images (Fig. 4)
+conf_bins: list[float] = [0.0, 0.01, 0.05, 0.1, 0.15, 0.2, 0.25]  # bin edges of C for confidence vs accuracy (Fig. 5)
+seed: int = 0  # seed of the random dropping strategy and of the bootstrap
+device: str = "auto"  # auto | cpu | cuda
+out_dir: str = "../runs/notebooks/04_sepm"  # where figures and results.json go
 
 # %%
 import json
@@ -380,6 +380,7 @@ per_class.pivot(index="class", columns="method", values="accuracy").loc[list(tas
 # at some point the glyph itself (cyan boxes) goes. Headless runs show only the controls.
 
 # %%
+# NBVAL_IGNORE_OUTPUT
 def explore(alpha=alpha, beta=beta):
     r = lab.run(alpha=alpha, beta=beta, strategy=strategy, seed=seed)
     conf_share = np.mean([b != "ambiguous" for b in r["branch"]])

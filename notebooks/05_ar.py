@@ -32,23 +32,23 @@
 # (`touched`), so a method that cannot act here is visible as such.
 
 # %% tags=["parameters"]
-model = "emolens-tiny"  # model name or local checkpoint folder
-dataset = "world-camer"  # dataset manifest with audio, visual and conflict subsets
-split = "test"  # dataset split
-subset = "video-aligned"  # conflict subset of the attention analysis (MoSEAR Sec. 4 uses video-aligned)
-subsets = ["video-aligned", "audio-aligned", "consistent"]  # subsets of Tables 7 and 8
-n_samples = 64  # samples of the analysed subset for the attention analyses (Fig. 3a/b, token imbalance)
-n_eval = 96  # samples per subset for every accuracy comparison (Tables 7 and 8)
-sample_index = -1  # sample of the analysed subset to inspect in detail, -1 picks the first failure case
-tau = 1.0  # AR threshold of Eq. 7 (MoSEAR default 1)
-taus = [0.0, 1.0, 2.0, 3.0]  # tau sweep (Table 8)
-source = "audio"  # token group that AR takes mass from (MoSEAR: audio)
-target = "visual"  # token group that AR gives mass to (MoSEAR: visual)
-pai_alpha = 0.5  # PAI amplification alpha (its paper: 0.5 for LLaVA-1.5)
-pai_layers = "2:"  # PAI layers (from layer 2 on, as in its code)
-seed = 0  # seed of evaluation and bootstrap
-device = "auto"  # auto | cpu | cuda
-out_dir = "../runs/notebooks/05_ar"  # where figures and results.json go
+model: str = "emolens-tiny"  # model name or local checkpoint folder
+dataset: str = "world-camer"  # dataset manifest with audio, visual and conflict subsets
+split: str = "test"  # dataset split
+subset: str = "video-aligned"  # conflict subset of the attention analysis (MoSEAR Sec. 4 uses video-aligned)
+subsets: list[str] = ["video-aligned", "audio-aligned", "consistent"]  # subsets of Tables 7 and 8
+n_samples: int = 64  # samples of the analysed subset for the attention analyses (Fig. 3a/b, token imbalance)
+n_eval: int = 96  # samples per subset for every accuracy comparison (Tables 7 and 8)
+sample_index: int = -1  # sample of the analysed subset to inspect in detail, -1 picks the first failure case
+tau: float = 1.0  # AR threshold of Eq. 7 (MoSEAR default 1)
+taus: list[float] = [0.0, 1.0, 2.0, 3.0]  # tau sweep (Table 8)
+source: str = "audio"  # token group that AR takes mass from (MoSEAR: audio)
+target: str = "visual"  # token group that AR gives mass to (MoSEAR: visual)
+pai_alpha: float = 0.5  # PAI amplification alpha (its paper: 0.5 for LLaVA-1.5)
+pai_layers: str = "2:"  # PAI layers (from layer 2 on, as in its code)
+seed: int = 0  # seed of evaluation and bootstrap
+device: str = "auto"  # auto | cpu | cuda
+out_dir: str = "../runs/notebooks/05_ar"  # where figures and results.json go
 
 # %%
 import json
@@ -337,6 +337,7 @@ wide8.round(4)
 # Headless runs show only the controls.
 
 # %%
+# NBVAL_IGNORE_OUTPUT
 def explore(tau=tau):
     ht = head_table(rows, lay, tau, source=source, target=target)
     t_, _ = evaluate_grid(lm, dataset, {"AR": {"method": "ar", "tau": float(tau), "source": source, "target": target}},

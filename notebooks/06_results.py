@@ -11,17 +11,17 @@
 #    the committed result and can recompute it (`recompute_verdicts = True`, several minutes).
 
 # %% tags=["parameters"]
-model = "emolens-tiny"  # model name or local checkpoint folder
-dataset = "world-mer"  # main dataset manifest for the side-by-side table
-split = "test"  # dataset split
-n_samples = 96  # samples per method in the side-by-side table
-methods = ["zero-shot", "zero-shot-cot", "random-select", "query-select", "qpos-select", "nts", "str", "wetr", "sepm", "pai", "ar"]  # methods compared
-extra_datasets = ["world-emoset"]  # further views (methods needing audio are skipped there)
-recompute_verdicts = False  # rerun benchmarks/verdicts.py (slow) instead of reading its committed JSON
-verdict_n = 500  # samples per run when recomputing verdicts
-seed = 0  # evaluation seed
-device = "auto"  # auto | cpu | cuda
-out_dir = "../runs/notebooks/06_results"  # where figures and results.json go
+model: str = "emolens-tiny"  # model name or local checkpoint folder
+dataset: str = "world-mer"  # main dataset manifest for the side-by-side table
+split: str = "test"  # dataset split
+n_samples: int = 96  # samples per method in the side-by-side table
+methods: list[str] = ["zero-shot", "zero-shot-cot", "random-select", "query-select", "qpos-select", "nts", "str", "wetr", "sepm", "pai", "ar"]  # methods compared
+extra_datasets: list[str] = ["world-emoset"]  # further views (methods needing audio are skipped there)
+recompute_verdicts: bool = False  # rerun benchmarks/verdicts.py (slow) instead of reading its committed JSON
+verdict_n: int = 500  # samples per run when recomputing verdicts
+seed: int = 0  # evaluation seed
+device: str = "auto"  # auto | cpu | cuda
+out_dir: str = "../runs/notebooks/06_results"  # where figures and results.json go
 
 # %%
 import json, pathlib

@@ -24,27 +24,27 @@
 # checkpoint saved by `tests/hf_checkpoints.py`).
 
 # %% tags=["parameters"]
-model = "llava-hf/llava-1.5-7b-hf"  # local checkpoint folder or cached HF id (LLaVA, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, InternVL)
-dataset = "emoset"  # real benchmark manifest name or path (data_manifests/), e.g. emoset or mer2023
-root = ""  # folder holding your local copy of the dataset, empty if you have none
-split = "test"  # dataset split
-n_samples = 32  # samples of the split evaluated (the first n of the split)
-sample_index = 0  # which sample is drawn in detail
-frames = 8  # frames per clip for video benchmarks
-batch_size = 4  # samples per forward
-seed = 0  # seed of the runs
-device = "auto"  # auto | cpu | cuda
-allow_cpu = False  # run the heavy cells without a GPU (tiny checkpoints, smoke tests)
-n_r = 0  # WETR trigger interval, 0 for a quarter of the depth (the paper: 9 of 36 layers)
-p_v = 0.03  # NTS visual keep ratio p_v (WETR Eq. 6)
-p_t = 0.2  # NTS subtitle-content keep ratio p_t (WETR Eq. 6)
-delta = 4.0  # STR strength delta (WETR Eq. 11)
-alpha = 0.1  # SEPM confidence threshold alpha (SEPM Eq. 4)
-beta = 0.2  # SEPM dropping ratio beta (SEPM Eq. 9)
-tau = 1.0  # AR layer-bias threshold tau (MoSEAR Eq. 7)
-ar_source = "auto"  # AR source group, auto picks audio if the model has audio tokens, else subtitle content, else instruction
-ar_target = "visual"  # AR target group
-out_dir = "../runs/notebooks/07_real_checkpoint"  # where figures and results.json go
+model: str = "llava-hf/llava-1.5-7b-hf"  # local checkpoint folder or cached HF id (LLaVA, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, InternVL)
+dataset: str = "emoset"  # real benchmark manifest name or path (data_manifests/), e.g. emoset or mer2023
+root: str = ""  # folder holding your local copy of the dataset, empty if you have none
+split: str = "test"  # dataset split
+n_samples: int = 32  # samples of the split evaluated (the first n of the split)
+sample_index: int = 0  # which sample is drawn in detail
+frames: int = 8  # frames per clip for video benchmarks
+batch_size: int = 4  # samples per forward
+seed: int = 0  # seed of the runs
+device: str = "auto"  # auto | cpu | cuda
+allow_cpu: bool = False  # run the heavy cells without a GPU (tiny checkpoints, smoke tests)
+n_r: int = 0  # WETR trigger interval, 0 for a quarter of the depth (the paper: 9 of 36 layers)
+p_v: float = 0.03  # NTS visual keep ratio p_v (WETR Eq. 6)
+p_t: float = 0.2  # NTS subtitle-content keep ratio p_t (WETR Eq. 6)
+delta: float = 4.0  # STR strength delta (WETR Eq. 11)
+alpha: float = 0.1  # SEPM confidence threshold alpha (SEPM Eq. 4)
+beta: float = 0.2  # SEPM dropping ratio beta (SEPM Eq. 9)
+tau: float = 1.0  # AR layer-bias threshold tau (MoSEAR Eq. 7)
+ar_source: str = "auto"  # AR source group, auto picks audio if the model has audio tokens, else subtitle content, else instruction
+ar_target: str = "visual"  # AR target group
+out_dir: str = "../runs/notebooks/07_real_checkpoint"  # where figures and results.json go
 
 # %% [markdown]
 # ## Status: GPU, weights, dataset copy

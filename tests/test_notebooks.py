@@ -22,7 +22,8 @@ def parameters_cell(nb):
 
 
 def check_parameters_source(src: str) -> list:
-    """Problems with a parameters cell: each non-blank line must be `name = <literal>  # comment`."""
+    """Problems with a parameters cell: each non-blank line must be `name: type = <literal>  # comment`
+    (papermill reads the annotation as the type and the comment as the help of `--help-notebook`)."""
     problems = []
     for i, line in enumerate(src.splitlines(), 1):
         if not line.strip() or line.strip().startswith("#"):
@@ -35,13 +36,19 @@ def check_parameters_source(src: str) -> list:
         except SyntaxError:
             problems.append(f"line {i} is not a single assignment: {line!r}")
             continue
-        if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Assign):
+        if len(tree.body) != 1 or not isinstance(tree.body[0], (ast.Assign, ast.AnnAssign)) or tree.body[0].value is None:
             problems.append(f"line {i} is not a single assignment: {line!r}")
             continue
+        node = tree.body[0]
+        if not isinstance(node, ast.AnnAssign):
+            problems.append(f"line {i} has no type annotation (write `name: int = 3  # help`): {line!r}")
         try:
-            ast.literal_eval(tree.body[0].value)
+            value = ast.literal_eval(node.value)
         except ValueError:
             problems.append(f"line {i} is not a literal: {line!r}")
+            continue
+        if isinstance(node, ast.AnnAssign) and not _annotation_fits(node.annotation, value):
+            problems.append(f"line {i}: annotation {ast.unparse(node.annotation)} does not fit the value {value!r}")
     return problems
 
 
@@ -70,11 +77,33 @@ def test_parameters_cell(path):
     assert len(declared) == n_lines, f"{path.name}: papermill parsed {len(declared)} of {n_lines} parameters"
     undocumented = [k for k, v in declared.items() if not v.get("help")]
     assert not undocumented, f"{path.name}: papermill found no help comment for {undocumented}"
+    untyped = [k for k, v in declared.items() if v.get("inferred_type_name") in (None, "None", "")]
+    assert not untyped, f"{path.name}: papermill infers no type for {untyped} (`papermill --help-notebook` says Unknown type)"
+
+
+_SIMPLE = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def _annotation_fits(ann, value) -> bool:
+    """`int`, `float`, `str`, `bool` or `list[T]` of those, matching the literal (an int fits float)."""
+    if isinstance(ann, ast.Name) and ann.id in _SIMPLE:
+        t = _SIMPLE[ann.id]
+        if t is float:
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+        if t is int:
+            return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, t)
+    if isinstance(ann, ast.Subscript) and isinstance(ann.value, ast.Name) and ann.value.id == "list":
+        return isinstance(value, list) and all(_annotation_fits(ann.slice, v) for v in value)
+    return False
 
 
 @pytest.mark.parametrize("bad, why", [
-    ("n = 3", "no comment"),
-    ("n = len([1])  # computed", "not a literal"),
+    ("n: int = 3", "no comment"),
+    ("n = 3  # count", "no type annotation"),
+    ("n: int = 0.5  # ratio", "does not fit"),
+    ("xs: list[int] = [1, 2.5]  # grid", "does not fit"),
+    ("n: int = len([1])  # computed", "not a literal"),
     ("import os  # no", "not a single assignment"),
 ])
 def test_parameters_checker_catches(bad, why):

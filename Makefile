@@ -48,6 +48,7 @@ lock:
 	{ sed -n '1,3p' $(LOCK); echo "pip==$$($(LATEST)/bin/python -m pip --version | cut -d' ' -f2)"; \
 	  $(LATEST)/bin/python -m pip freeze --exclude-editable | grep -viE '^(torch|emolens)[= ]'; } > $(LOCK).new
 	mv $(LOCK).new $(LOCK)
+	$(LATEST)/bin/python tools/lock_env.py
 
 bench: setup
 	$(BIN)/emolens bench --json runs/bench.json

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Optional, Union
 
@@ -52,7 +51,7 @@ def selection_quality(preds, samples) -> Optional[dict]:
 
 def evaluate(model, dataset, method="zero-shot", params: Optional[dict] = None, *, split: str = "test",
              limit: Optional[int] = None, batch_size: int = 16, seed: int = 0, root=None, progress: bool = True,
-             world: Optional[dict] = None) -> dict:
+             world: Optional[dict] = None, out: Union[str, Path, None] = None) -> dict:
     """Evaluate one method on one dataset.
 
     Args:
@@ -62,10 +61,13 @@ def evaluate(model, dataset, method="zero-shot", params: Optional[dict] = None, 
         params: hyperparameters for a method given by name.
         limit: evaluate only the first ``limit`` samples of the split.
         world: overrides for world datasets (``eps``, ``conflict``, ``informative``).
+        out: the result JSON (written by rank 0). Predictions stream to ``<out>.rankK.jsonl`` as they
+            finish; a rerun with the same ``out`` resumes, and under ``accelerate launch`` / ``torchrun``
+            the samples are sharded by rank and merged in dataset order (see :mod:`emolens.parallel`).
 
     Returns:
         dict with ``metrics`` (war, uar, f1, macro_f1, per-class recall), ``latency_s`` (mean seconds
-        per sample, and total), ``predictions`` (per sample: uid, gold, predicted, option probs, method
+        per sample, total, and per rank), ``predictions`` (per sample: uid, gold, predicted, option probs, method
         extras), ``config`` and, for token-selecting methods on the world, ``selection``.
     """
     from . import metrics as M
@@ -84,24 +86,19 @@ def evaluate(model, dataset, method="zero-shot", params: Optional[dict] = None, 
         raise ValueError(f"dataset {getattr(ds, 'name', dataset)!r} split {split!r} has no samples")
     torch.manual_seed(seed)
     np.random.seed(seed)
-    preds, seconds = [], 0.0
-    from tqdm.auto import tqdm
+    from .parallel import predict_resumable, ranks_from_env
 
-    bar = tqdm(total=len(samples), desc=f"{m.name} on {getattr(ds, 'name', '')}", disable=not progress)
-    for i in range(0, len(samples), batch_size):
-        chunk = samples[i:i + batch_size]
-        t0 = time.perf_counter()
-        out = m.predict(model, chunk, task)
-        seconds += time.perf_counter() - t0
-        preds.extend(out)
-        bar.update(len(chunk))
-    bar.close()
+    run_id = {"model": getattr(model, "name", ""), "dataset": getattr(ds, "name", str(dataset)), "split": split,
+              "seed": seed, "method": m.describe(), "world": world or {}, "dtype": str(getattr(model, "dtype", ""))}
+    preds, latency = predict_resumable(lambda chunk: m.predict(model, chunk, task), samples, batch_size=batch_size,
+                                       out=out, identity=run_id, progress=progress, default=_jsonable,
+                                       desc=f"{m.name} on {getattr(ds, 'name', '')}")
     gold = [s.label for s in samples]
     pred = [p.label for p in preds]
     report = M.classification_report(gold, pred, list(task.labels))
     result = {
         "metrics": report,
-        "latency_s": {"per_sample": seconds / len(samples), "total": seconds, "batch_size": batch_size},
+        "latency_s": latency,
         "predictions": [{"uid": s.uid, "gold": s.label, **p.to_dict()} for s, p in zip(samples, preds)],
         "config": {"model": getattr(model, "name", ""), "family": getattr(model, "family", ""),
                    "dataset": getattr(ds, "name", str(dataset)), "split": split, "n": len(samples),
@@ -113,6 +110,8 @@ def evaluate(model, dataset, method="zero-shot", params: Optional[dict] = None, 
         result["selection"] = sel
     for p in result["predictions"]:
         p.get("extra", {}).pop("_cue_visual", None)
+    if out is not None and ranks_from_env().is_main:
+        write_json(result, out)
     return result
 
 

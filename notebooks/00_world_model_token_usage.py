@@ -32,7 +32,8 @@ import numpy as np
 import pandas as pd
 import torch
 import emolens
-from emolens import plots, prompts, usage
+from emolens import plots, prompts
+from emolens.analysis import usage
 from emolens.data import load_dataset
 from emolens.methods import Task
 

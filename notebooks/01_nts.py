@@ -53,7 +53,7 @@ from IPython.display import Markdown, display
 
 import emolens
 from emolens import metrics, plots, widgets
-from emolens import nbhelpers_wetr as nbh
+from emolens.analysis import wetr
 from emolens.answers import read_answers
 from emolens.data import load_dataset
 from emolens.evaluate import evaluate
@@ -90,7 +90,7 @@ s = samples[sample_index]
 prompt = fine_prompts([s], task)[0]
 batch = lm.encode([s], [prompt])
 lay = batch.layouts[0]
-tokens = nbh.token_table(lm, batch)
+tokens = wetr.token_table(lm, batch)
 for name in ("q_pos", "q_neg"):
     pos = lay.span(name)
     print(f"{name}: positions {pos[0]}..{pos[-1]} ({pos.size} tokens): {' '.join(tokens.loc[pos, 'token'])!r}")
@@ -98,7 +98,7 @@ print(f"sequence: {lay.seq_len} tokens | visual I_v {lay.visual[0]}..{lay.visual
       f"audio {lay.audio.tolist()}, subtitle content I_con {lay.content[0]}..{lay.content[-1]} ({lay.content.size}), "
       f"instruction I_inst {lay.instruction.size} tokens, answer row {lay.answer}")
 print("subtitle:", s.subtitle, "| gold label:", s.label)
-nbh.layout_runs(tokens).set_index("positions")
+wetr.layout_runs(tokens).set_index("positions")
 
 # %% [markdown]
 # ## 2 · One forward pass, captured at the trigger layer
@@ -126,8 +126,8 @@ pd.DataFrame([{"capture": n, "layer": ll, "probs [B, H, R, K]": tuple(c.probs.sh
 # the visual tokens (each frame is cut into 16 patches; cyan dashed boxes: the ground-truth cue tokens).
 
 # %%
-P_pos, _ = nbh.capture_rows(trace, "q_pos", l)
-P_neg, _ = nbh.capture_rows(trace, "q_neg", l)
+P_pos, _ = wetr.capture_rows(trace, "q_pos", l)
+P_neg, _ = wetr.capture_rows(trace, "q_neg", l)
 a_pos, a_neg = span_attention(P_pos), span_attention(P_neg)
 print(f"q_pos rows: {tuple(P_pos.shape)} (heads, rows, keys); q_neg rows: {tuple(P_neg.shape)}")
 pd.DataFrame({g: {"a_pos mass": a_pos[getattr(lay, g)].sum(), "a_neg mass": a_neg[getattr(lay, g)].sum()}
@@ -172,7 +172,7 @@ content.round(4)
 # cell computes the term from the captured rows rather than assuming it.
 
 # %%
-P_vc, rows = nbh.capture_rows(trace, "vc", l)
+P_vc, rows = wetr.capture_rows(trace, "vc", l)
 rows_v, rows_c = np.isin(rows, lay.visual), np.isin(rows, lay.content)
 x_v_raw = cross_modal_support(P_vc[:, rows_c], lay.visual, raw=True)    # content rows -> visual keys
 x_c_raw = cross_modal_support(P_vc[:, rows_v], lay.content, raw=True)   # visual rows -> content keys
@@ -282,7 +282,7 @@ _ = plots.save(fig, out_dir, "table2_strategies")
 # two removals (per sample, random draws averaged).
 
 # %%
-dele = pd.concat([nbh.deletion_test(lm, samples[:n_samples], task, get_method("nts", **{**nts_params, "p_v": pv}),
+dele = pd.concat([wetr.deletion_test(lm, samples[:n_samples], task, get_method("nts", **{**nts_params, "p_v": pv}),
                                     n_random=n_random, seed=seed).assign(p_v=pv) for pv in deletion_p_v], ignore_index=True)
 fig4 = dele.groupby(["p_v", "condition"]).agg(WAR=("correct", "mean"), p_gold=("p_gold", "mean"),
                                              visual_removed=("n_visual", "mean"), content_removed=("n_content", "mean"))

@@ -58,7 +58,7 @@ from IPython.display import Markdown, display
 
 import emolens
 from emolens import metrics, plots, widgets
-from emolens import nbhelpers_wetr as nbh
+from emolens.analysis import wetr
 from emolens.answers import read_answers
 from emolens.data import load_dataset
 from emolens.evaluate import evaluate
@@ -93,10 +93,10 @@ print(f"{lm.family}: {lm.num_layers} layers, trigger layer l = {l} | {dataset}/{
 s = samples[sample_index]
 batch = lm.encode([s], fine_prompts([s], task))
 lay = batch.layouts[0]
-tokens = nbh.token_table(lm, batch)
+tokens = wetr.token_table(lm, batch)
 logits_str, trace = strm.forward(lm, batch, [s])
-sc = nbh.nts_scores(trace, lay, l, norm=norm)
-kp = nbh.nts_keep(lay, sc, p_v, p_t)
+sc = wetr.nts_scores(trace, lay, l, norm=norm)
+kp = wetr.nts_keep(lay, sc, p_v, p_t)
 K_v, K_con = kp["kept_visual"], kp["kept_content"]
 in_v, in_c = np.isin(lay.visual, K_v), np.isin(lay.content, K_con)
 kept = pd.DataFrame({"token": tokens.loc[np.r_[K_v, K_con], "token"].values,
@@ -116,7 +116,7 @@ kept.round(4)
 # heads, so query head $h$ is paired with key head $\lfloor h / (H/H_{kv})\rfloor$, as in the attention itself.
 
 # %%
-q, k, pos = nbh.capture_qk(trace, l)
+q, k, pos = wetr.capture_qk(trace, l)
 row_of = {int(p): i for i, p in enumerate(pos)}
 iv = np.array([row_of[int(p)] for p in K_v])
 ic = np.array([row_of[int(p)] for p in K_con])
@@ -138,8 +138,8 @@ kept[["token", "modality", "|q_i| (head mean)", "|k_i| (head mean)"]].round(4)
 # reverse direction is degenerate: a softmax over one key is exactly 1, so $e_j^t = \lVert k_j - k_v\rVert$.
 
 # %%
-alpha_v = nbh.alpha_matrix(q, k, iv, ic)          # [H, |K_v|, |K_con|]: visual i <- content j
-alpha_c = nbh.alpha_matrix(q, k, ic, iv)          # [H, |K_con|, |K_v|]: content j <- visual i
+alpha_v = wetr.alpha_matrix(q, k, iv, ic)          # [H, |K_v|, |K_con|]: visual i <- content j
+alpha_c = wetr.alpha_matrix(q, k, ic, iv)          # [H, |K_con|, |K_v|]: content j <- visual i
 e_v = reconstruction_error(q, k, iv, ic)
 e_c = reconstruction_error(q, k, ic, iv)
 kept["e_i (Eq. 9)"] = np.r_[e_v, e_c]
@@ -157,13 +157,13 @@ kept[["token", "modality", "e_i (Eq. 9)"]].round(4)
 # %%
 wide = get_method("str", **{**str_params, "p_v": p_v_wide})
 _, trace_w = wide.forward(lm, batch, [s])
-kp_w = nbh.nts_keep(lay, nbh.nts_scores(trace_w, lay, l, norm=norm), p_v_wide, p_t)
-q_w, k_w, pos_w = nbh.capture_qk(trace_w, l)
+kp_w = wetr.nts_keep(lay, wetr.nts_scores(trace_w, lay, l, norm=norm), p_v_wide, p_t)
+q_w, k_w, pos_w = wetr.capture_qk(trace_w, l)
 iv_w, ic_w = np.searchsorted(pos_w, kp_w["kept_visual"]), np.searchsorted(pos_w, kp_w["kept_content"])
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-plots.attention_heatmap(nbh.alpha_matrix(q_w, k_w, iv_w, ic_w).mean(0), ax=axes[0], title="visual i <- content j",
+plots.attention_heatmap(wetr.alpha_matrix(q_w, k_w, iv_w, ic_w).mean(0), ax=axes[0], title="visual i <- content j",
                         xlabels=tokens.loc[kp_w["kept_content"], "token"].tolist(), ylabels=[f"v{p}" for p in kp_w["kept_visual"]])
-plots.attention_heatmap(nbh.alpha_matrix(q_w, k_w, ic_w, iv_w).mean(0), ax=axes[1], title="content j <- visual i",
+plots.attention_heatmap(wetr.alpha_matrix(q_w, k_w, ic_w, iv_w).mean(0), ax=axes[1], title="content j <- visual i",
                         xlabels=[f"v{p}" for p in kp_w["kept_visual"]], ylabels=tokens.loc[kp_w["kept_content"], "token"].tolist())
 _ = plots.save(fig, out_dir, "alpha_wide")
 print(f"p_v = {p_v_wide}: {kp_w['kept_visual'].size} visual x {kp_w['kept_content'].size} content kept tokens")
@@ -220,8 +220,8 @@ kept.drop(columns=["|q_i| (head mean)", "|k_i| (head mean)"]).round(4)
 # reads the scaled states.
 
 # %%
-h_str, _ = nbh.layer_output(lm, batch, [s], strm, l)
-h_nts, _ = nbh.layer_output(lm, batch, [s], nts, l)
+h_str, _ = wetr.layer_output(lm, batch, [s], strm, l)
+h_nts, _ = wetr.layer_output(lm, batch, [s], nts, l)
 ratio = (h_str[0].norm(dim=-1) / h_nts[0].norm(dim=-1)).numpy()
 scaled = torch.allclose(h_str[0], h_nts[0] * torch.as_tensor(gamma_method)[:, None], rtol=1e-5, atol=1e-6)
 print("|h_STR| / |h_NTS| at the kept tokens:", ", ".join(f"{x:.4f}" for x in ratio[np.r_[K_v, K_con]]),
@@ -242,7 +242,7 @@ gam_c = np.concatenate([x["gamma_content"] for x in recs])
 gam_all = np.r_[gam_v, gam_c]
 anchors_all = np.concatenate([np.r_[x["anchor_visual"], x["anchor_content"]] for x in recs]).astype(bool)
 n_neg = int(sum(x["n_negative"] for x in recs))
-groups = pd.Series(nbh.gamma_group(gam_all)).value_counts().reindex(["DW", "NEU", "UW"], fill_value=0)
+groups = pd.Series(wetr.gamma_group(gam_all)).value_counts().reindex(["DW", "NEU", "UW"], fill_value=0)
 display(Markdown(f"**Measured** (n = {n_samples} samples, {gam_all.size} retained tokens: {gam_v.size} visual, "
                  f"{gam_c.size} content): {n_neg} gamma were negative before clamping; "
                  f"{int((gam_all == 0).sum())} tokens end at gamma = 0; {int(anchors_all.sum())} anchors; "
@@ -266,7 +266,7 @@ _ = plots.save(fig, out_dir, "gamma_histogram")
 # token as neutral.
 
 # %%
-cs = nbh.contribution_shift(lm, samples[:n_samples], task, nts, strm)
+cs = wetr.contribution_shift(lm, samples[:n_samples], task, nts, strm)
 table8 = cs.groupby("weighting").agg(n=("gamma", "size"), avg_gamma=("gamma", "mean"),
                                      before_STR=("contrib_before", "mean"), after_STR=("contrib_after", "mean"))
 table8["change"] = table8["after_STR"] - table8["before_STR"]
@@ -405,7 +405,7 @@ for name in ("NTS-only", "NTS+STR"):
             assert row["visual selection changed"] == 0.0, (name, rr)
         if row["kept visual"] == 1 and np.floor(rr + 0.5) == 1:
             assert row["visual selection changed"] == 1.0, (name, rr)
-assert np.all(gam_all[nbh.gamma_group(gam_all) == "DW"] < 1) and np.all(gam_all[nbh.gamma_group(gam_all) == "UW"] > 1)
+assert np.all(gam_all[wetr.gamma_group(gam_all) == "DW"] < 1) and np.all(gam_all[wetr.gamma_group(gam_all) == "UW"] > 1)
 assert len(cs) == gam_all.size, (len(cs), gam_all.size)
 print("all checks passed")
 

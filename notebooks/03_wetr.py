@@ -38,7 +38,9 @@ out_dir: str = "../runs/notebooks/03_wetr"  # where figures and results.json go
 import numpy as np
 import pandas as pd
 import emolens
-from emolens import plots, prompts, usage
+from emolens import plots, prompts
+from emolens.analysis import usage
+from emolens.analysis.wetr import emass_batch
 from emolens.data import load_dataset
 from emolens.evaluate import evaluate
 from emolens.methods import Task, get_method
@@ -125,7 +127,7 @@ for e in eps_grid:
         for i in range(0, len(ss), 16):
             batch, caps, _ = usage.method_attention(lm, ss[i:i + 16], [prompts.fine_query(task.labels)] * len(ss[i:i + 16]),
                                                     m, layers=[last], rows=("q_pos", "q_neg"))
-            em += usage.emass_batch(caps, last, batch.layouts)
+            em += emass_batch(caps, last, batch.layouts)
         r = run("zero-shot" if m is None else "wetr", None if m is None else hp, eps=e)
         rows.append({"eps": e, "method": name, "F1": r["F1"], "WAR": r["WAR"], "EMass": float(np.nanmean(em))})
 noise = pd.DataFrame(rows)

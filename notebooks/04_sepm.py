@@ -67,7 +67,7 @@ from emolens.evaluate import evaluate, metrics_table
 from emolens.intervene import Capture, KeyMask, Plan, intervene
 from emolens.methods import Task, sepm
 from emolens.metrics import paired_bootstrap_delta
-from emolens.nbhelpers_sepm_ar import SepmLab, cue_survival, occlude
+from emolens.analysis.sepm import SepmLab, cue_survival, occlude
 from emolens.widgets import explorer
 
 torch.manual_seed(seed)
@@ -266,7 +266,7 @@ verdict = "supported" if lo > 0 else ("reversed" if hi < 0 else "not distinguish
 print(f"SEPM - zero-shot accuracy: {delta:+.4f}, 95% CI [{lo:+.4f}, {hi:+.4f}] -> {verdict}")
 
 # %% [markdown]
-# For the tables and sweeps below, `SepmLab` (in `emolens.nbhelpers_sepm_ar`) runs many configurations
+# For the tables and sweeps below, `SepmLab` (in `emolens.analysis.sepm`) runs many configurations
 # on the same `n_eval` samples with the library's pieces, reusing stage 1 across configurations and
 # caching each (sample, $Q_f$, $\mathcal R$) stage-2 answer. Its default configuration must reproduce
 # `evaluate`'s SEPM predictions exactly (checked at the end).

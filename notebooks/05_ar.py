@@ -61,13 +61,14 @@ import seaborn as sns
 import torch
 
 import emolens
-from emolens import plots, usage
+from emolens import plots
+from emolens.analysis import usage
 from emolens.data import load_dataset
 from emolens.methods import Task, get_method
 from emolens.methods.ar import middle_layers, reallocate, reallocate_head, uap_profile
 from emolens.methods.common import fine_prompts, run
 from emolens.metrics import paired_bootstrap_delta, uap
-from emolens.nbhelpers_sepm_ar import evaluate_grid, head_table, reallocation_report
+from emolens.analysis.mosear import evaluate_grid, head_table, reallocation_report
 from emolens.widgets import explorer
 
 torch.manual_seed(seed)

@@ -1,5 +1,8 @@
 """Token usage under the world-model view (WETR Sec. 3.2, Eq. 1-2): what the frozen model attends to.
 
+The step-by-step computations notebooks 00, 03 and 05 show; generic across methods (any token group,
+any plan op), so WETR's, SEPM's and MoSEAR's walkthroughs all read attention through it.
+
 WETR factorises each token's usage as ``w_i = m_i * gamma_i`` (Eq. 2): ``m_i`` admits the token as
 evidence (NTS), ``gamma_i`` scales its influence (STR). Before any method acts, this module measures
 the baseline usage on the model's real attention: at the answer position, layer by layer, how much
@@ -23,8 +26,8 @@ def answer_attention(lm, samples: Sequence, prompts: Sequence, layers="all", pla
     answer row at layer ``l`` (head-resolved) and ``logits`` is ``[B, V]``.
     ``plan_ops`` adds other plan ops (e.g. a method's KeyMask) so usage can be compared under a method.
     """
-    from .answers import answer_logits
-    from .intervene import Capture, Plan, intervene
+    from ..answers import answer_logits
+    from ..intervene import Capture, Plan, intervene
 
     batch = lm.encode(samples, prompts)
     ops = [Capture(layers=layers, rows="answer", name="answer")] + list(plan_ops or [])
@@ -77,7 +80,7 @@ def usage_profile(lm, samples: Sequence, prompts: Sequence, batch_size: int = 16
 def mask_group_plan(layouts, select, from_layer: int = 0):
     """A KeyMask plan op that sets m_i = 0 for the visual tokens chosen by ``select(layout) -> bool [N_v]``
     (e.g. the ground-truth cue tokens): Eq. 2's selection factor applied by hand."""
-    from .intervene import KeyMask
+    from ..intervene import KeyMask
 
     L = layouts[0].seq_len
     keep = torch.ones(len(layouts), L, dtype=torch.bool)
@@ -95,8 +98,8 @@ def method_attention(lm, samples: Sequence, prompts: Sequence, method=None, laye
     ``forward`` accepts extra plan ops. Returns ``(batch, captures, logits)`` where
     ``captures[(row_name, layer)]`` is an :class:`~emolens.intervene.AttnCapture`.
     """
-    from .answers import answer_logits
-    from .intervene import Capture, Plan, intervene
+    from ..answers import answer_logits
+    from ..intervene import Capture, Plan, intervene
 
     batch = lm.encode(samples, prompts)
     ops = [Capture(layers=layers, rows=r, name=f"usage:{r}") for r in rows]
@@ -109,30 +112,3 @@ def method_attention(lm, samples: Sequence, prompts: Sequence, method=None, laye
         logits, trace = method.forward(lm, batch, samples, extra_ops=ops, keep_captures=False)
     caps = {(n.split(":", 1)[1], l): c for (n, l), c in trace.captures.items() if n.startswith("usage:")}
     return batch, caps, logits
-
-
-def evidence_set(layout) -> np.ndarray:
-    """The world's ground-truth evidence set K (positions): cue visual tokens + emotion words."""
-    parts = []
-    if layout.cue_visual is not None:
-        parts.append(layout.visual[np.asarray(layout.cue_visual, bool)])
-    if layout.cue_content is not None and layout.content.size:
-        parts.append(layout.content[np.asarray(layout.cue_content, bool)])
-    if not parts:
-        raise ValueError("this layout has no ground truth (cue_visual/cue_content); EMass on a shared set needs it")
-    return np.concatenate(parts)
-
-
-def emass_batch(caps: dict, layer: int, layouts) -> list:
-    """WETR Fig. 6 EMass per sample at ``layer`` (see :func:`emolens.metrics.emass`): attention mass on
-    the shared evidence set K (the ground truth, :func:`evidence_set`) under the emotion-seeking span
-    Q_pos relative to the noise-seeking span Q_neg. Needs captures of rows ``q_pos`` and ``q_neg``."""
-    from .metrics import emass
-
-    pos, neg = caps[("q_pos", layer)], caps[("q_neg", layer)]
-    out = []
-    for b, lay in enumerate(layouts):
-        a_pos = pos.sample(b).mean(dim=(0, 1)).cpu().numpy()
-        a_neg = neg.sample(b).mean(dim=(0, 1)).cpu().numpy()
-        out.append(float(emass(a_pos, a_neg, evidence_set(lay))))
-    return out

@@ -1,7 +1,8 @@
-"""Helpers shared by notebooks 01 (NTS) and 02 (STR): read one sample's captures out of a method's
-trace, recompute WETR's Eq. 4-7 with the paper-symbol functions of ``methods/nts.py`` (so a notebook
-can compare its step-by-step numbers with what the method decided inside the forward), run a batch
-with chosen tokens removed (WETR Fig. 4 deletion test, Table 8 leave-one-out contributions).
+"""WETR step by step (the computations notebooks 01 NTS, 02 STR and 03 WETR show): read one sample's
+captures out of a method's trace, recompute WETR's Eq. 4-7 with the paper-symbol functions of
+``methods/nts.py`` (so a notebook can compare its step-by-step numbers with what the method decided inside the forward), run a batch
+with chosen tokens removed (WETR Fig. 4 deletion test, Table 8 leave-one-out contributions), and
+measure EMass on the world's ground-truth evidence set (WETR Fig. 6).
 
 Everything here is a thin composition of library calls (``intervene``, ``methods.nts``,
 ``methods.reweight``, ``metrics``); no new method logic. Positions given by callers are *indices into
@@ -15,12 +16,11 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .answers import answer_logits, read_answers
-from .intervene import KeyMask, Plan, intervene
-from .methods.nts import (contrastive_utility, cross_modal_support, selection_mask, selection_score,
+from ..answers import answer_logits, read_answers
+from ..intervene import KeyMask, Plan, intervene
+from ..methods.nts import (contrastive_utility, cross_modal_support, selection_mask, selection_score,
                           span_attention, top_p, normalize_scores)
-
-GROUP_ORDER = ("visual", "audio", "content", "instruction")
+from .usage import GROUPS
 
 
 # =========================================================================== reading a trace
@@ -35,7 +35,7 @@ def token_table(lm, batch, b: int = 0):
     ids = batch.inputs["input_ids"][b].tolist()
     toks = tok.convert_ids_to_tokens(ids)
     group = np.full(lay.seq_len, "", dtype=object)
-    for g in GROUP_ORDER:
+    for g in GROUPS:
         group[getattr(lay, g)] = g
     span = np.full(lay.seq_len, "", dtype=object)
     for name, pos in lay.spans.items():
@@ -143,7 +143,7 @@ def layer_output(lm, batch, samples, method, layer: int) -> tuple:
 
     Returns ``(h [B, L, d] float32, trace)``. The recording hook is registered before the method's
     own residual hooks (which ``intervene`` prepends), so it sees the scaled stream."""
-    from .attention import decoder_layers
+    from ..attention import decoder_layers
 
     rec = {}
 
@@ -224,10 +224,10 @@ def deletion_test(lm, samples: Sequence, task, method, *, n_random: int = 3, see
     correct, p_gold, n_visual, n_content (tokens removed)."""
     import pandas as pd
 
-    from .methods.common import fine_prompts
-    from .metrics import matched_random_mask
+    from ..methods.common import fine_prompts
+    from ..metrics import matched_random_mask
 
-    from .methods.nts import NTS
+    from ..methods.nts import NTS
 
     if not isinstance(method, NTS):
         raise ValueError(f"method {method.name} selects no tokens; the deletion test needs a selecting method "
@@ -281,7 +281,7 @@ def contribution_shift(lm, samples: Sequence, task, before, after, *, batch_size
     contrib_before, contrib_after."""
     import pandas as pd
 
-    from .methods.common import fine_prompts
+    from ..methods.common import fine_prompts
 
     layers = after.trigger_layers(lm.num_layers)
     if len(layers) != 1 or before.trigger_layers(lm.num_layers) != layers:
@@ -321,5 +321,34 @@ def contribution_shift(lm, samples: Sequence, task, before, after, *, batch_size
     return df
 
 
+# =========================================================================== EMass (Fig. 6)
+def evidence_set(layout) -> np.ndarray:
+    """The world's ground-truth evidence set K (positions): cue visual tokens + emotion words."""
+    parts = []
+    if layout.cue_visual is not None:
+        parts.append(layout.visual[np.asarray(layout.cue_visual, bool)])
+    if layout.cue_content is not None and layout.content.size:
+        parts.append(layout.content[np.asarray(layout.cue_content, bool)])
+    if not parts:
+        raise ValueError("this layout has no ground truth (cue_visual/cue_content); EMass on a shared set needs it")
+    return np.concatenate(parts)
+
+
+def emass_batch(caps: dict, layer: int, layouts) -> list:
+    """WETR Fig. 6 EMass per sample at ``layer`` (see :func:`emolens.metrics.emass`): attention mass on
+    the shared evidence set K (the ground truth, :func:`evidence_set`) under the emotion-seeking span
+    Q_pos relative to the noise-seeking span Q_neg. Needs captures of rows ``q_pos`` and ``q_neg``."""
+    from ..metrics import emass
+
+    pos, neg = caps[("q_pos", layer)], caps[("q_neg", layer)]
+    out = []
+    for b, lay in enumerate(layouts):
+        a_pos = pos.sample(b).mean(dim=(0, 1)).cpu().numpy()
+        a_neg = neg.sample(b).mean(dim=(0, 1)).cpu().numpy()
+        out.append(float(emass(a_pos, a_neg, evidence_set(lay))))
+    return out
+
+
 __all__ = ["token_table", "layout_runs", "capture_rows", "capture_qk", "nts_scores", "nts_keep", "alpha_matrix", "layer_output", "gold_prob",
-           "removal_keep", "forward_removed", "deletion_test", "gamma_group", "contribution_shift"]
+           "removal_keep", "forward_removed", "deletion_test", "gamma_group", "contribution_shift",
+           "evidence_set", "emass_batch"]

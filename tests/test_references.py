@@ -1,0 +1,372 @@
+"""Independent model-level references for NTS (WETR Eq. 4-7) and STR (WETR Eq. 9-11), and the
+behavioural margins the papers claim, as tests.
+
+The references share no code with ``emolens.methods``: the attention comes from a second copy of the
+model run with transformers' own ``eager`` attention and ``output_attentions=True``; the query / key
+vectors come from forward hooks on the layer's ``q_norm`` / ``k_norm`` (or ``q_proj`` / ``k_proj``)
+and the rotary embedding's output; d_i, s_i, TopP, e_i, g_i, r_i, c_i and gamma_i are recomputed in
+plain numpy from the paper's equations. Hyperparameters are read from the method object, so the
+references follow a change of defaults. A flipped sign in Eq. 4, a wrong Norm scope, a wrong head
+pairing or a wrong gate show up as a different keep set or a different gamma.
+
+Margins (not tuned: the world, seeds and thresholds are the defaults): NTS's visual precision against
+the world's ground-truth cue tokens beats random-select's on eps = 0 samples, and SEPM's coarse
+confidence C (Eq. 4) ranks right coarse answers above wrong ones (ROC AUC > 0.5).
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from emolens import prompts as P  # noqa: E402
+from emolens.methods import Task, get_method  # noqa: E402
+from emolens.models import load_model  # noqa: E402
+from emolens.world import EmoWorld  # noqa: E402
+
+
+def _model_name() -> str:
+    from emolens.models import TINY_DIR
+
+    if (Path(TINY_DIR) / "config.json").is_file():
+        return "emolens-tiny"
+    env = os.environ.get("EMOLENS_TEST_MODEL")
+    if env:
+        return env
+    pytest.skip("the embedded emolens-tiny checkpoint is missing (set EMOLENS_TEST_MODEL to a tiny checkpoint)")
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return load_model(_model_name(), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def lm_eager():
+    """The same weights with transformers' eager attention: the reference's attention probabilities."""
+    return load_model(_model_name(), device="cpu", attn="eager")
+
+
+@pytest.fixture(scope="module")
+def world_batch(lm):
+    w0, w2 = EmoWorld("mer", eps=0.0), EmoWorld("mer", eps=2.0)
+    samples = [w0.sample("test", i) for i in range(5)] + [w2.sample("test", i) for i in range(5, 8)]
+    task = Task(labels=w0.labels, valence_groups=w0.valence_groups)
+    batch = lm.encode(samples, [P.fine_query(task.labels) for _ in samples])
+    return samples, task, batch
+
+
+# =========================================================================== the numpy reference
+def ref_norm(x: np.ndarray, kind: str) -> np.ndarray:
+    """WETR's Norm over one modality's candidates, written from the paper (constant -> 0)."""
+    x = np.asarray(x, np.float64)
+    if x.size == 0 or kind == "none":
+        return x.copy()
+    if kind == "minmax":
+        span = x.max() - x.min()
+        return np.zeros_like(x) if span <= 1e-12 else (x - x.min()) / span
+    if kind == "zscore":
+        return np.zeros_like(x) if x.std() <= 1e-12 else (x - x.mean()) / x.std()
+    raise AssertionError(kind)
+
+
+def ref_topp(s: np.ndarray, p: float, n_ref: int) -> np.ndarray:
+    """TopP (Eq. 6): the max(1, ceil(p n)) highest scores, ties to the earlier position."""
+    k = min(s.size, max(1, math.ceil(p * n_ref - 1e-9)))
+    order = sorted(range(s.size), key=lambda i: (-s[i], i))
+    return np.sort(np.asarray(order[:k], np.int64))
+
+
+def ref_nts_scores(A: np.ndarray, lay, params: dict):
+    """s_i (Eq. 4-5) of one sample from its eager attention ``A [H, L, L]`` at the trigger layer."""
+    a = A.mean(0)                                               # head aggregation: mean over heads
+    norm = params["norm"]
+    a_pos = a[lay.span("q_pos")].mean(0)                        # a_{I_pos -> i}
+    a_neg = a[lay.span("q_neg")].mean(0)                        # a_{I_neg -> i}
+    v, c = lay.visual, lay.content
+    d_v = ref_norm(a_pos[v] - a_neg[v], norm)                   # Eq. 4
+    d_c = ref_norm(a_pos[c] - a_neg[c], norm)
+    if not params["cross_modal"]:
+        return d_v, d_c
+    cross_v = a[np.ix_(c, v)].mean(0) if c.size else np.zeros(v.size)   # content rows -> visual keys
+    cross_c = a[np.ix_(v, c)].mean(0) if v.size else np.zeros(c.size)   # visual rows -> content keys
+    return d_v + ref_norm(cross_v, norm), d_c + ref_norm(cross_c, norm)  # Eq. 5
+
+
+def boundary_gap(s: np.ndarray, k: int) -> float:
+    """Score gap between the k-th and (k+1)-th ranked candidate (inf when all are kept)."""
+    srt = np.sort(s)[::-1]
+    return float("inf") if k >= s.size else float(srt[k - 1] - srt[k])
+
+
+def _decoder_layers(model):
+    inner = getattr(model, "language_model", None) or getattr(model, "model", model)
+    inner = getattr(inner, "language_model", inner)
+    return inner.layers
+
+
+def eager_attention(lm_eager, batch, layer: int) -> np.ndarray:
+    """``[B, H, L, L]`` softmax probabilities of one layer from a forward with transformers' eager
+    attention and ``output_attentions=True`` (read from the layer's attention module output, which
+    is where eager returns them; the embedded model's wrapper does not collect them)."""
+    got = {}
+    attn = _decoder_layers(lm_eager.model)[layer].self_attn
+    h = attn.register_forward_hook(lambda m, i, o: got.__setitem__("w", o[1]))
+    try:
+        with torch.no_grad():
+            lm_eager.model(**batch.inputs, output_attentions=True, use_cache=False)
+    finally:
+        h.remove()
+    return got["w"].double().cpu().numpy()
+
+
+def check_nts_against_reference(method, trace, A, layouts, tol=1e-6):
+    """Assert the method's keep set equals the reference's for every sample (skipping a modality only
+    when its TopP boundary is an exact tie within ``tol``). Returns how many modality decisions were
+    compared."""
+    p = method.params
+    adm = trace.decisions["admitted"]
+    compared = 0
+    for b, lay in enumerate(layouts):
+        s_v, s_c = ref_nts_scores(A[b], lay, p)
+        for grp, s, ratio in ((lay.visual, s_v, p["p_v"]), (lay.content, s_c, p["p_t"])):
+            if grp.size == 0:
+                continue
+            keep = ref_topp(s, ratio, grp.size)
+            if boundary_gap(s, keep.size) <= tol:
+                continue
+            assert np.flatnonzero(adm[b, grp]).tolist() == keep.tolist(), (b, s)
+            compared += 1
+    return compared
+
+
+# =========================================================================== NTS on the embedded model
+@pytest.mark.parametrize("kw", [{}, {"p_v": 0.25, "p_t": 0.5}, {"p_v": 0.1, "norm": "zscore"},
+                                {"p_v": 0.2, "cross_modal": False}])
+def test_nts_keep_set_equals_an_eager_numpy_reference(lm, lm_eager, world_batch, kw):
+    samples, _, batch = world_batch
+    m = get_method("nts", **kw)
+    l = m.trigger_layers(lm.num_layers)[0]
+    _, trace = m.forward(lm, batch, samples)
+    A = eager_attention(lm_eager, batch, l)
+    assert check_nts_against_reference(m, trace, A, batch.layouts) >= len(samples)  # most decisions compared
+
+
+def test_nts_reference_detects_a_flipped_contrast(lm, lm_eager, world_batch):
+    """Control: the reference with Eq. 4's sign flipped disagrees with the method on some sample, so
+    the comparison above can fail."""
+    samples, _, batch = world_batch
+    m = get_method("nts", p_v=0.25, p_t=0.5)
+    l = m.trigger_layers(lm.num_layers)[0]
+    _, trace = m.forward(lm, batch, samples)
+    A = eager_attention(lm_eager, batch, l)
+    flipped = A.copy()
+    for b, lay in enumerate(batch.layouts):        # swapping the Q_pos and Q_neg rows flips a_pos - a_neg
+        qp, qn = lay.span("q_pos"), lay.span("q_neg")
+        n = min(qp.size, qn.size)
+        flipped[b][:, qp[:n]], flipped[b][:, qn[:n]] = A[b][:, qn[:n]], A[b][:, qp[:n]]
+    with pytest.raises(AssertionError):
+        check_nts_against_reference(m, trace, flipped, batch.layouts)
+
+
+# --------------------------------------------------------------------------- a tiny HF family
+@functools.lru_cache(maxsize=None)
+def _hf(root: str, family: str, attn: str):
+    import hf_checkpoints as ck
+    from emolens.models.hf import load_hf
+
+    folder = Path(root) / family
+    if not (folder / "config.json").is_file():
+        ck.build_tiny(family, folder)
+    return load_hf(str(folder), device="cpu", attn=attn)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
+def test_nts_reference_on_a_tiny_hf_family(tmp_path_factory, family):
+    from test_hf_models import world_like
+
+    root = str(tmp_path_factory.mktemp("ref_hf"))
+    lm, lme = _hf(root, family, "emolens"), _hf(root, family, "eager")
+    samples = [world_like("w/0", 2, "Leave me alone, I am so angry right now.", seed=0),
+               world_like("w/1", 1, "I can't believe you did that!", seed=1),
+               world_like("w/2", 2, "This is the happiest day of my life.", seed=2)]
+    task = Task(labels=("anger", "happiness", "sadness"), valence_groups={})
+    batch = lm.encode(samples, [P.fine_query(task.labels) for _ in samples])
+    m = get_method("nts", p_v=0.25, p_t=0.5)
+    l = m.trigger_layers(lm.num_layers)[0]
+    _, trace = m.forward(lm, batch, samples)
+    A = eager_attention(lme, batch, l)
+    assert check_nts_against_reference(m, trace, A, batch.layouts) >= len(samples)
+
+
+# =========================================================================== STR
+def _qk_uses_rope(method) -> bool:
+    """Whether the method's Eq. 9 reads q/k after RoPE, from its hyperparameters (a parameter whose name
+    mentions rope: a bool, or a string naming pre / post); today's default (no such parameter) is
+    post-RoPE."""
+    for name, value in method.params.items():
+        if "rope" in name.lower():
+            if isinstance(value, bool):
+                return value if "post" in name.lower() or name.lower() == "rope" else not value
+            return "post" in str(value).lower()
+    return True
+
+
+def capture_qk(lm, batch, layer: int) -> tuple:
+    """q ``[B, H, L, D]``, k ``[B, H_kv, L, D]`` of one decoder layer, from forward hooks on q_norm /
+    k_norm (post q/k norm, pre-RoPE), and the rotary embedding's (cos, sin) ``[B, L, D]``."""
+    attn = _decoder_layers(lm.model)[layer].self_attn
+    got = {}
+    hs = [attn.q_norm.register_forward_hook(lambda m, i, o: got.__setitem__("q", o.detach())),
+          attn.k_norm.register_forward_hook(lambda m, i, o: got.__setitem__("k", o.detach())),
+          lm.model.language_model.rotary_emb.register_forward_hook(lambda m, i, o: got.__setitem__("rope", o))]
+    try:
+        with torch.no_grad():
+            lm.model(**batch.inputs, use_cache=False)
+    finally:
+        for h in hs:
+            h.remove()
+    q = got["q"].double().numpy().transpose(0, 2, 1, 3)       # [B, L, H, D] -> [B, H, L, D]
+    k = got["k"].double().numpy().transpose(0, 2, 1, 3)
+    cos, sin = (t.double().numpy() for t in got["rope"])
+    return q, k, cos, sin
+
+
+def ref_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """x ``[H, L, D]`` rotated by (cos, sin) ``[L, D]`` (the rotate-half convention of Qwen/Llama)."""
+    half = x.shape[-1] // 2
+    rot = np.concatenate([-x[..., half:], x[..., :half]], -1)
+    return x * cos[None] + rot * sin[None]
+
+
+def ref_recon_error(q, k, src, tgt) -> np.ndarray:
+    """e_i of Eq. 9 per query head h against KV head h // G, mean over the H query heads."""
+    H, _, D = q.shape
+    G = H // k.shape[0]
+    if len(tgt) == 0:
+        return np.mean([np.linalg.norm(k[h // G][src], axis=-1) for h in range(H)], 0)
+    errs = []
+    for h in range(H):
+        kk = k[h // G]
+        z = q[h][src] @ kk[tgt].T / math.sqrt(D)
+        z = np.exp(z - z.max(-1, keepdims=True))
+        alpha = z / z.sum(-1, keepdims=True)
+        errs.append(np.linalg.norm(kk[src] - alpha @ kk[tgt], axis=-1))
+    return np.mean(errs, 0)
+
+
+def ref_gamma(method, s_v, s_c, kv, kc, q, k, lay) -> np.ndarray:
+    """gamma over the sequence (1 outside K_v u K_con) from Eq. 9-11 and the anchor rule."""
+    p = method.params
+    pos = np.concatenate([kv, kc])
+    e = np.concatenate([ref_recon_error(q, k, kv, kc), ref_recon_error(q, k, kc, kv)])
+    e_bar = ref_norm(e, "minmax")                                   # jointly over K_v u K_con
+    sig = lambda x: 1.0 / (1.0 + np.exp(-(x - p["gate_center"]) / p["gate_temp"]))  # noqa: E731
+    iv, ic = np.isin(lay.visual, kv), np.isin(lay.content, kc)
+    g = np.concatenate([sig(ref_norm(s_v, p["norm"]))[iv], sig(ref_norm(s_c, p["norm"]))[ic]])
+    r, c = (1 - g) * (1 - e_bar), g * e_bar                         # Eq. 10
+    gamma = 1 + p["delta"] * (c - r)                                # Eq. 11
+    if p["negative"] == "clamp0":
+        gamma = np.maximum(gamma, 0.0)
+    if p["anchors"]:
+        for sl, s_kept, ratio in ((slice(0, kv.size), s_v[iv], p["p_v_anc"]),
+                                  (slice(kv.size, None), s_c[ic], p["p_t_anc"])):
+            if ratio > 0 and s_kept.size:
+                anc = ref_topp(s_kept, ratio, s_kept.size)
+                gamma[sl][anc] = np.maximum(gamma[sl][anc], p["gamma_anc"])
+    full = np.ones(lay.seq_len)
+    full[pos] = gamma
+    return full
+
+
+@pytest.mark.parametrize("kw", [{}, {"p_v": 0.25, "p_t": 0.5, "delta": 2.0, "anchors": False},
+                                {"p_v": 0.5, "p_t": 0.5, "gate_center": 0.5, "gate_temp": 0.2, "negative": "keep"}])
+def test_str_gamma_equals_a_numpy_reference(lm, lm_eager, world_batch, kw):
+    samples, _, batch = world_batch
+    m = get_method("str", **kw)
+    l = m.trigger_layers(lm.num_layers)[0]
+    _, trace = m.forward(lm, batch, samples)
+    gamma = trace.decisions["gamma"][l]                             # [B, L]
+    adm = trace.decisions["admitted"]
+    A = eager_attention(lm_eager, batch, l)
+    q, k, cos, sin = capture_qk(lm, batch, l)
+    rope = _qk_uses_rope(m)
+    moved = 0
+    for b, lay in enumerate(batch.layouts):
+        s_v, s_c = ref_nts_scores(A[b], lay, m.params)
+        kv, kc = lay.visual[adm[b, lay.visual]], lay.content[adm[b, lay.content]]
+        cb, sb = cos[min(b, cos.shape[0] - 1)], sin[min(b, sin.shape[0] - 1)]   # shared positions: batch 1
+        qb, kb = (ref_rope(q[b], cb, sb), ref_rope(k[b], cb, sb)) if rope else (q[b], k[b])
+        ref = ref_gamma(m, s_v, s_c, kv, kc, qb, kb, lay)
+        np.testing.assert_allclose(gamma[b], ref, atol=2e-4, rtol=1e-4, err_msg=f"sample {b}")
+        moved += int((np.abs(ref - 1) > 1e-3).sum())
+    assert moved > 0                                                # STR did change some gamma
+
+
+# =========================================================================== behavioural margins
+def _precision(sel: np.ndarray, truth: np.ndarray) -> float:
+    from sklearn.metrics import precision_score
+
+    return float(precision_score(truth.astype(int), sel.astype(int), zero_division=0))
+
+
+def test_nts_visual_precision_beats_random_select_on_clean_samples(lm):
+    """On eps = 0 world samples, the visual tokens NTS keeps hit the ground-truth cue tokens more
+    often than random-select's (same keep ratio p_v = 0.25, 48 samples x 5 random seeds)."""
+    w = EmoWorld("mer", eps=0.0)
+    task = Task(labels=w.labels, valence_groups=w.valence_groups)
+    samples = [w.sample("test", i) for i in range(48)]
+    truth = {}
+    prec = {"nts": [], "random-select": []}
+    for start in range(0, len(samples), 16):
+        chunk = samples[start:start + 16]
+        lays = lm.encode(chunk, [P.fine_query(task.labels) for _ in chunk]).layouts
+        for s, lay in zip(chunk, lays):
+            truth[s.uid] = np.asarray(lay.cue_visual, bool)
+        for name, seeds in (("nts", [0]), ("random-select", range(5))):
+            for seed in seeds:
+                preds = get_method(name, p_v=0.25, seed=seed).predict(lm, chunk, task)
+                prec[name] += [_precision(np.asarray(p.selected_visual, bool), truth[s.uid])
+                               for p, s in zip(preds, chunk)]
+    assert all(t.any() for t in truth.values())
+    base = np.mean([t.mean() for t in truth.values()])             # random's expected precision
+    nts, rnd = np.mean(prec["nts"]), np.mean(prec["random-select"])
+    assert abs(rnd - base) < 0.1, (rnd, base)                       # random-select is at chance
+    assert nts > rnd + 0.05, (nts, rnd)
+
+
+def test_sepm_confidence_separates_right_from_wrong_coarse_answers(lm):
+    """SEPM's premise (Eq. 4 + Algorithm 1): a high C marks a reliable coarse answer. Over 192 world
+    samples, C of right coarse answers ranks above C of
+    wrong ones: ROC AUC > 0.5 (sklearn). The world at its maximum noise eps = 7 so that enough coarse
+    answers are wrong to score (at eps <= 3 nearly all are right; the AUC is > 0.8 at every eps in
+    4..7, measured, so this is not a chosen setting)."""
+    from sklearn.metrics import roc_auc_score
+
+    from emolens.methods.sepm import run_stage1
+
+    w = EmoWorld("mer", eps=7.0)
+    task = Task(labels=w.labels, valence_groups=w.valence_groups)
+    valence = {lab: g for g, labs in w.valence_groups.items() for lab in labs}
+    conf, right = [], []
+    for start in range(0, 192, 32):
+        chunk = [w.sample("test", i) for i in range(start, start + 32)]
+        s1 = run_stage1(lm, chunk, task, rows=None)
+        for s, c, coarse in zip(chunk, s1.confidence, s1.coarse):
+            if valence[s.label] == "neutral":
+                continue                                            # no right coarse answer exists
+            conf.append(float(c))
+            right.append(coarse == valence[s.label])
+    right = np.asarray(right)
+    assert 5 <= right.sum() <= right.size - 5, right.mean()        # both classes present
+    auc = roc_auc_score(right, conf)
+    assert auc > 0.5, auc
+    assert np.mean(np.asarray(conf)[right]) > np.mean(np.asarray(conf)[~right])

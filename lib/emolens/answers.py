@@ -82,12 +82,48 @@ def answer_logits(model, batch, **kwargs) -> torch.Tensor:
 
 
 def parse_free_text(text: str, options: dict) -> Optional[str]:
-    """Map a generated free-text answer to a label: a leading option letter ("B", "B.", "(B)") or the
-    first label name mentioned. Returns None when nothing matches (counted as wrong, never guessed)."""
+    """Map a generated free-text answer to a label, in this order: a leading option letter ("B", "B.",
+    "(B)"); an explicit "answer is B" / "Answer: B" / "answer: (B)"; the first label name mentioned.
+    Returns None when nothing matches (counted as wrong, never guessed)."""
     t = text.strip()
     m = re.match(r"^\(?([A-Z])[\).:\s]?", t)
     if m and m.group(1) in options and (len(t) == 1 or not t[1:2].isalpha()):
         return options[m.group(1)]
+    m = re.search(r"answer(?: is)?\s*[:\-]?\s*\(?([A-Z])\b", t, flags=re.IGNORECASE)
+    if m and m.group(1).upper() in options:
+        return options[m.group(1).upper()]
     low = t.lower()
     hits = [(low.find(lab.lower()), lab) for lab in options.values() if lab.lower() in low]
     return min(hits)[1] if hits else None
+
+
+def _decoder(lm):
+    tok = getattr(lm.processor, "tokenizer", lm.processor)
+    if not hasattr(tok, "decode"):
+        raise ValueError(f"the {lm.family!r} processor has no tokenizer to decode generated text; use answer=logits")
+    return tok
+
+
+def generate_answers(lm, batch, max_new_tokens: int = 64):
+    """Greedy generation on an encoded batch (under whatever ``intervene`` plan is active): the text,
+    parsed into a label (:func:`parse_free_text`; None = unparseable), and the option scores of the
+    first generated token (the same reading as ``answer=logits``, kept for calibration analyses).
+
+    Returns ``(answers, texts)``: :class:`Answer` per row (``label``/``letter`` None when the text
+    names no option) and the decoded generated texts.
+    """
+    tok = _decoder(lm)
+    with torch.no_grad():
+        out = lm.model.generate(**batch.inputs, max_new_tokens=int(max_new_tokens), do_sample=False,
+                                output_logits=True, return_dict_in_generate=True)
+    L = batch.inputs["input_ids"].shape[1]
+    first = out.logits[0]                                            # [B, V] logits of the first step
+    ref = read_answers(first, batch.prompts, lm.option_token_ids)
+    answers, texts = [], []
+    for b, (prompt, r) in enumerate(zip(batch.prompts, ref)):
+        text = tok.decode(out.sequences[b, L:], skip_special_tokens=True).strip()
+        label = parse_free_text(text, prompt.options)
+        inv = {v: k for k, v in prompt.options.items()}
+        answers.append(Answer(inv.get(label) if label is not None else None, label, r.option_probs, r.vocab_probs))
+        texts.append(text)
+    return answers, texts

@@ -8,12 +8,23 @@ method ever hard-codes a token id.
 Wording follows the papers where they give it:
 
 * SEPM (seed 001) Sec. 3.2: the coarse-grained query Q_c ("Which of the following descriptions best
-  represents ...? A. Positive B. Negative. Positive emotions include [PEC]. Negative emotions include
-  [NEC]. Answer directly with the letter of the chosen option."), the fine-grained query Q_f restricted
-  to PEC or NEC, and the ambiguous branch (all categories plus an ambiguity description).
+  represents the image? A. Positive B. Negative. Positive emotions include [PEC]. Negative emotions
+  include [NEC]. Answer directly with the letter of the chosen option."), the fine-grained query Q_f
+  with the same question, options restricted to PEC or NEC (:func:`sepm_query`), and the ambiguous
+  branch (all categories plus an ambiguity description). ``subject`` is "image" for image datasets
+  and "video" for video datasets (the paper evaluates images only).
+* SEPM Sec. 4.2: its Zero-shot-CoT wording "Let's think step by step, then answer with the option's
+  letter from the given choices directly." (:data:`SEPM_COT`); WETR Sec. 4.2 appends "let's think step
+  by step" (:data:`COT`, Kojima et al.).
 * SEPM Sec. 3.3: the Focus-on-Emotion prefix "Please focus on emotion." (span ``foe``).
 * WETR (seed 000) Sec. 3.3: two short instruction spans, an emotion-seeking Q_pos and an
   emotion-irrelevant Q_neg "that can be answered without emotion" (spans ``q_pos``, ``q_neg``).
+  They are part of WETR's method, so only NTS/STR/WETR and the selection baselines that read them
+  get them by default; zero-shot, CoT, AR and PAI get the plain query (:func:`fine_query` with
+  ``contrastive=False``), SEPM its own wording. ``prompt_spans=true`` on a method is the explicit
+  "same prompt for every method" switch (the WETR-span fine query everywhere, for ablations).
+* Option order: :func:`shuffle_options` permutes which letter carries which label (seeded per
+  sample) to measure letter-position bias; answers are read through ``Prompt.options``.
 
 Choice left open by SEPM: views with a neutral class (MER2023) have no neutral valence. Here the
 coarse query stays binary (Eq. 4 is a two-option variance) and ``neutral`` is kept in *both* fine
@@ -23,7 +34,7 @@ from __future__ import annotations
 
 import string
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 LETTERS = tuple(string.ascii_uppercase)
 WORD_PATTERN = r"[A-Za-z0-9']+|[^\sA-Za-z0-9']"
@@ -32,6 +43,9 @@ Q_POS = "Look for the face, voice and words that reveal the emotion."
 Q_NEG = "Note the background colour and the objects."
 FOE = "Please focus on emotion."
 COT = "Let's think step by step."
+SEPM_COT = "Let's think step by step, then answer with the option's letter from the given choices directly."
+COT_STYLES = ("wetr", "sepm")
+SEPM_QUESTION = "Which of the following descriptions best represents the {subject}?"
 ANSWER = "Answer directly with the letter of the chosen option."
 
 
@@ -56,8 +70,10 @@ class Prompt:
         return " ".join(t for _, t in self.segments if t)
 
     def span_chars(self) -> dict:
-        """Character ranges ``name -> (start, end)`` of the named spans within :attr:`text`."""
-        out, pos = {}, 0
+        """Character ranges ``name -> (start, end)`` of the named spans within :attr:`text`, plus
+        ``query``: the whole query text (SEPM Table 2's "query-related" rows score against it)."""
+        text = self.text
+        out, pos = ({"query": (0, len(text))} if text else {}), 0
         for name, t in self.segments:
             if not t:
                 continue
@@ -79,14 +95,16 @@ def _options(labels: Sequence[str]) -> tuple[str, dict]:
 
 
 def fine_query(labels: Sequence[str], *, foe: bool = False, contrastive: bool = True,
-               cot: bool = False, ambiguity: Optional[str] = None, subject: str = "person") -> Prompt:
+               cot: Union[bool, str] = False, ambiguity: Optional[str] = None, subject: str = "person") -> Prompt:
     """Fine-grained query Q_f (SEPM Eq. 2 / the default MER query).
 
     Args:
         labels: the candidate categories, in option order (A, B, ...).
         foe: prefix SEPM's "Please focus on emotion." (span ``foe``).
         contrastive: include WETR's Q_pos and Q_neg spans (needed by NTS/STR/WETR).
-        cot: add the zero-shot chain-of-thought sentence (span ``cot``).
+        cot: add the zero-shot chain-of-thought sentence (span ``cot``): ``True``/``"wetr"`` = Kojima's
+            "Let's think step by step." (WETR Sec. 4.2) before the answer instruction; ``"sepm"`` = SEPM
+            Sec. 4.2's sentence, which replaces the answer instruction.
         ambiguity: an ambiguity description (SEPM's low-confidence branch, span ``ambiguity``).
     """
     if not labels:
@@ -101,15 +119,61 @@ def fine_query(labels: Sequence[str], *, foe: bool = False, contrastive: bool = 
         segs.append(("ambiguity", ambiguity))
     segs.append(("question", f"Which emotion does the {subject} show?"))
     segs.append(("options", opt_text))
-    if cot:
-        segs.append(("cot", COT))
-    segs.append((None, ANSWER))
+    _cot_tail(segs, cot)
     return Prompt(segs, opts, "ambiguous" if ambiguity else "fine")
 
 
-def coarse_query(valence_groups: dict, *, foe: bool = True, subject: str = "person") -> Prompt:
-    """Coarse-grained query Q_c of SEPM Sec. 3.2 (Eq. 1): A. Positive / B. Negative, with PEC and NEC
-    listed. ``valence_groups`` maps ``positive``/``negative`` (and optionally ``neutral``) to labels."""
+def _cot_tail(segs: list, cot) -> None:
+    if cot not in (False, None, True, *COT_STYLES):
+        raise ValueError(f"cot must be true/false or one of {list(COT_STYLES)}, got {cot!r}")
+    if cot == "sepm":
+        segs.append(("cot", SEPM_COT))
+        return
+    if cot:
+        segs.append(("cot", COT))
+    segs.append((None, ANSWER))
+
+
+def sepm_query(labels: Sequence[str], *, foe: bool = False, subject: str = "image",
+               ambiguity: Optional[str] = None, cot: Union[bool, str] = False, contrastive: bool = False) -> Prompt:
+    """SEPM's fine-grained query Q_f (Sec. 3.2, as printed): "Which of the following descriptions best
+    represents the image? [PEC] / [NEC] Answer directly with the letter of the chosen option.", with the
+    FoE prefix (span ``foe``) and, in the low-confidence branch, the ambiguity description before the
+    question. Spans: ``question``, ``options`` (and ``foe``, ``ambiguity``, ``cot``). ``contrastive``
+    adds WETR's Q_pos / Q_neg spans after the FoE prefix (only for a composition with a WETR-family
+    method, ``methods.compose``)."""
+    if not labels:
+        raise ValueError("sepm_query needs at least one label")
+    opt_text, opts = _options(labels)
+    segs = [("foe", FOE)] if foe else []
+    if contrastive:
+        segs += [("q_pos", Q_POS), ("q_neg", Q_NEG)]
+    if ambiguity:
+        segs.append(("ambiguity", ambiguity))
+    segs += [("question", SEPM_QUESTION.format(subject=subject)), ("options", opt_text)]
+    _cot_tail(segs, cot)
+    return Prompt(segs, opts, "ambiguous" if ambiguity else "fine")
+
+
+def shuffle_options(prompt: Prompt, rng) -> Prompt:
+    """The same prompt with its option labels permuted over the letters (``rng``: a numpy Generator,
+    seeded per sample by the caller). The ``options`` segment is re-rendered; every other segment is
+    unchanged. Coarse queries keep their printed capitalisation ("A. Negative B. Positive")."""
+    labels = list(prompt.options.values())
+    perm = [labels[i] for i in rng.permutation(len(labels))]
+    show = (lambda x: x.capitalize()) if prompt.kind == "coarse" else (lambda x: x)
+    opts = {LETTERS[i]: lab for i, lab in enumerate(perm)}
+    text = " ".join(f"{k}. {show(v)}" for k, v in opts.items())
+    segs = [(n, text if n == "options" else t) for n, t in prompt.segments]
+    return Prompt(segs, opts, prompt.kind, None)
+
+
+def coarse_query(valence_groups: dict, *, foe: bool = True, subject: str = "image") -> Prompt:
+    """Coarse-grained query Q_c of SEPM Sec. 3.2 (Eq. 1), as printed: "Which of the following
+    descriptions best represents the image? A. Positive B. Negative Positive emotions include [PEC].
+    Negative emotions include [NEC]. Answer directly ...". ``valence_groups`` maps
+    ``positive``/``negative`` (and optionally ``neutral``) to labels; option labels are
+    ``positive``/``negative``."""
     for g in ("positive", "negative"):
         if not valence_groups.get(g):
             raise ValueError(f"coarse_query needs a non-empty '{g}' valence group, got {sorted(valence_groups)}")
@@ -119,8 +183,8 @@ def coarse_query(valence_groups: dict, *, foe: bool = True, subject: str = "pers
     if foe:
         segs.append(("foe", FOE))
     segs += [
-        ("question", f"Which of the following descriptions best represents the {subject}?"),
-        ("options", "A. positive B. negative"),
+        ("question", SEPM_QUESTION.format(subject=subject)),
+        ("options", "A. Positive B. Negative"),
         (None, f"Positive emotions include {pec}. Negative emotions include {nec}."),
         (None, ANSWER),
     ]

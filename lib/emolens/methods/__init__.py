@@ -3,6 +3,7 @@
 >>> from emolens.methods import get_method, from_dict
 >>> m = get_method("zero-shot")
 >>> m = from_dict({"method": "zero-shot"})
+>>> m = get_method("sepm+wetr")          # a composition (methods.compose)
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import importlib
 
 from .base import Method, Param, Prediction, Task
 
-_MODULES = ("baselines", "nts", "reweight", "wetr", "sepm", "ar")
+_MODULES = ("baselines", "nts", "reweight", "wetr", "sepm", "ar", "sparsevlm")
 
 
 def registry() -> dict:
@@ -34,6 +35,10 @@ def available() -> list:
 
 
 def get_method(name: str, **params) -> Method:
+    if "+" in name:
+        from .compose import Composition
+
+        return Composition(name, **params)
     reg = registry()
     if name not in reg:
         raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(reg))}")
@@ -45,6 +50,10 @@ def from_dict(d: dict) -> Method:
     if "method" not in d:
         raise ValueError(f"a method dict needs a 'method' key, got keys {sorted(d)}")
     d = dict(d)
+    if "+" in str(d["method"]):
+        from .compose import from_description
+
+        return from_description(d)
     return get_method(d.pop("method"), **d)
 
 

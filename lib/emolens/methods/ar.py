@@ -53,8 +53,9 @@ paper (arXiv 2407.21771: ``A~ = A + alpha |A|`` on image tokens). Here: ``RowEdi
 causal/padding mask before its edit; emolens applies masks after the edit, which gives the same result
 because every target key of the answer row is allowed. Defaults: ``alpha = 0.5`` (the paper's Sec. 5.1
 value for LLaVA-1.5; 0.6 for Shikra, 0.2 for MiniGPT-4's resampler, and 0.2 is also the code's CLI
-default), layers ``"2:"`` = from layer 2 to the last, PAI's own ``--start-layer 2 --end-layer 32`` on a
-32-layer LLaMA (skip the first two layers), which on emolens-tiny's 8 layers is layers 2..7. PAI's
+default), layers ``"all"``: MoSEAR (Sec. 5.2) describes PAI as treating "the visual attention of all
+layers indiscriminately", which is the PAI it compares against; ``layers="2:"`` gives PAI's own code
+setting ``--start-layer 2 --end-layer 32`` on a 32-layer LLaMA (layers 2..7 of emolens-tiny's 8). PAI's
 second component (classifier-free-guidance style logit refinement against a text-only forward) is not
 part of the comparison in MoSEAR Table 7, which describes PAI as "amplifying the attention weights
 assigned to visual tokens", and is not implemented.
@@ -381,7 +382,7 @@ class AR(_GroupsMixin, Method):
         "source": Param("audio", str, choices=GROUPS, doc="the over-attended group A (MoSEAR: audio)"),
         "target": Param("visual", str, choices=GROUPS, doc="the group that receives the mass V (MoSEAR: visual)"),
         "layers": Param("all", str, doc="'all' (Algorithm 1: every layer), 'a-b', 'a:b', 'a,b' or a list"),
-        "prompt_spans": Param(True, bool, doc="include WETR's Q_pos/Q_neg spans in the prompt (same prompt as zero-shot)"),
+        "prompt_spans": Param(False, bool, doc="the shared prompt: add WETR's Q_pos/Q_neg spans (default: the plain query)"),
     }
     _group_params = ("source", "target")
 
@@ -403,16 +404,20 @@ class AR(_GroupsMixin, Method):
             ops.insert(0, Capture(layers=layers, rows="last", name="ar_in"))
         return Plan(ops)
 
-    def predict(self, lm, samples, task: Task):
+    wants_spans = False
+
+    def ops_for(self, lm, batch, samples=None, admitted=None) -> list:
+        """The plan ops for an encoded batch (also as a composition partner, ``methods.compose``)."""
         p = self.params
-        prompts = fine_prompts(samples, task, contrastive=p["prompt_spans"])
-        batch = lm.encode(samples, prompts)
         _check_groups(self.name, batch.layouts, (p["source"], p["target"]))
-        layers = resolve_layers(p["layers"], lm.num_layers, self.name)
-        answers, trace, _ = run(lm, samples, prompts, self.plan(layers), batch=batch)
+        self._n_layers = lm.num_layers
+        return list(self.plan(resolve_layers(p["layers"], lm.num_layers, self.name)).ops)
+
+    def _extras(self, trace, B: int, n_layers: int) -> list:
+        layers = resolve_layers(self.params["layers"], n_layers, self.name)
         rec = trace.decisions.get("ar", {})
         extras = []
-        for b in range(len(samples)):
+        for b in range(B):
             c, lb, nb, mv = [], [], [], []
             for l in layers:
                 info = rec[l]
@@ -423,7 +428,17 @@ class AR(_GroupsMixin, Method):
                 mv.append(float(info["moved"][b, 0]))
             extras.append({"ar": {"layers": list(layers), "c": c, "layer_biased": lb, "n_biased_heads": nb,
                                   "moved_mass": mv}})
-        return to_predictions(answers, extras)
+        return extras
+
+    def predictions_from(self, answers, trace, batch, texts=None) -> list:
+        return to_predictions(answers, self._extras(trace, len(batch.layouts), self._n_layers), texts)
+
+    def predict(self, lm, samples, task: Task):
+        p = self.params
+        prompts = fine_prompts(samples, task, contrastive=p["prompt_spans"])
+        batch = lm.encode(samples, prompts)
+        answers, trace, _ = run(lm, samples, prompts, Plan(self.ops_for(lm, batch)), batch=batch, params=p)
+        return self.predictions_from(answers, trace, batch, batch.generated)
 
 
 # =========================================================================== PAI
@@ -454,8 +469,9 @@ class PAI(_GroupsMixin, Method):
     PARAMS = {
         "alpha": Param(0.5, float, low=0.0, doc="amplification (PAI Sec. 5.1: 0.5 for LLaVA-1.5; code default 0.2)"),
         "group": Param("visual", str, choices=GROUPS, doc="the token group whose scores are amplified (PAI: image)"),
-        "layers": Param("2:", str, doc="PAI's start_layer=2 .. end_layer=n_layers (layers 2..7 on 8 layers)"),
-        "prompt_spans": Param(True, bool, doc="include WETR's Q_pos/Q_neg spans in the prompt (same prompt as zero-shot)"),
+        "layers": Param("all", str, doc="'all' (MoSEAR's description of PAI: every layer); '2:' = PAI's own code "
+                                        "(start_layer=2 .. end_layer=n_layers)"),
+        "prompt_spans": Param(False, bool, doc="the shared prompt: add WETR's Q_pos/Q_neg spans (default: the plain query)"),
     }
     _group_params = ("group",)
 
@@ -473,19 +489,30 @@ class PAI(_GroupsMixin, Method):
             ops.insert(0, Capture(layers=layers, rows="last", name="pai_in"))
         return Plan(ops)
 
-    def predict(self, lm, samples, task: Task):
+    wants_spans = False
+
+    def ops_for(self, lm, batch, samples=None, admitted=None) -> list:
+        """The plan ops for an encoded batch (also as a composition partner, ``methods.compose``)."""
         p = self.params
-        prompts = fine_prompts(samples, task, contrastive=p["prompt_spans"])
-        batch = lm.encode(samples, prompts)
         _check_groups(self.name, batch.layouts, (p["group"],))
-        layers = resolve_layers(p["layers"], lm.num_layers, self.name)
-        answers, trace, _ = run(lm, samples, prompts, self.plan(layers), batch=batch)
+        self._n_layers = lm.num_layers
+        return list(self.plan(resolve_layers(p["layers"], lm.num_layers, self.name)).ops)
+
+    def predictions_from(self, answers, trace, batch, texts=None) -> list:
+        layers = resolve_layers(self.params["layers"], self._n_layers, self.name)
         rec = trace.decisions.get("pai", {})
         extras = [{"pai": {"layers": list(layers),
                            "mass_before": [float(rec[l]["mass_before"][b, 0]) for l in layers],
                            "mass_after": [float(rec[l]["mass_after"][b, 0]) for l in layers]}}
-                  for b in range(len(samples))]
-        return to_predictions(answers, extras)
+                  for b in range(len(batch.layouts))]
+        return to_predictions(answers, extras, texts)
+
+    def predict(self, lm, samples, task: Task):
+        p = self.params
+        prompts = fine_prompts(samples, task, contrastive=p["prompt_spans"])
+        batch = lm.encode(samples, prompts)
+        answers, trace, _ = run(lm, samples, prompts, Plan(self.ops_for(lm, batch)), batch=batch, params=p)
+        return self.predictions_from(answers, trace, batch, batch.generated)
 
 
 # =========================================================================== the Sec. 4 analysis
@@ -497,7 +524,7 @@ def middle_layers(n_layers: int) -> list:
 
 
 def uap_profile(lm, samples, task: Task, *, groups: Sequence[str] = ("visual", "audio"),
-                middle: Optional[Sequence[int]] = None, batch_size: int = 16, prompt_spans: bool = True) -> dict:
+                middle: Optional[Sequence[int]] = None, batch_size: int = 16, prompt_spans: bool = False) -> dict:
     """MoSEAR Sec. 4 on a model: UAP per layer at the answer row (Eq. 1, Fig. 3a) and the per-token
     attention averaged over the middle layers (Fig. 3b), with the zero-shot answers of the same forward.
 

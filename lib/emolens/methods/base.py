@@ -17,10 +17,17 @@ class Task:
     labels: tuple
     valence_groups: dict
     name: str = ""
+    modalities: tuple = ()
 
     @classmethod
     def from_dataset(cls, ds) -> "Task":
-        return cls(tuple(ds.labels), dict(ds.valence_groups), getattr(ds, "name", ""))
+        return cls(tuple(ds.labels), dict(ds.valence_groups), getattr(ds, "name", ""),
+                   tuple(getattr(ds, "modalities", ()) or ()))
+
+    @property
+    def subject(self) -> str:
+        """What SEPM's question names: "video" for video data, else "image" (SEPM's own wording)."""
+        return "video" if "video" in self.modalities else "image"
 
 
 @dataclass
@@ -35,10 +42,15 @@ class Prediction:
     selected_visual: Optional[list] = None
     selected_content: Optional[list] = None
     extra: dict = field(default_factory=dict)
+    #: the generated text (``answer=generate``; zero-shot-CoT by default), else None
+    generated: Optional[str] = None
 
     def to_dict(self) -> dict:
         d = {"label": self.label, "letter": self.letter,
              "option_probs": {k: round(float(v), 6) for k, v in self.option_probs.items()}}
+        if self.generated is not None:
+            d["generated"] = self.generated
+            d["parsed"] = self.label is not None
         if self.extra:
             d["extra"] = self.extra
         return d
@@ -85,11 +97,27 @@ class Param:
         return f"{'(' if self.open_low or self.low is None else '['}{lo}, {hi}{')' if self.open_high or self.high is None else ']'}"
 
 
+#: how every method reads its answer (added to each method's PARAMS)
+ANSWERS = ("logits", "generate")
+ANSWER_PARAMS = {
+    "answer": Param("logits", str, choices=ANSWERS,
+                    doc="logits: the option letter with the highest next-token logit; generate: greedy "
+                        "generation up to max_new_tokens, parsed (unparseable counts wrong)"),
+    "max_new_tokens": Param(64, int, low=1, doc="generation length limit (answer=generate)"),
+}
+
+
 class Method:
-    """Base class. Subclasses set ``name``, ``PARAMS`` and implement :meth:`predict`."""
+    """Base class. Subclasses set ``name``, ``PARAMS`` and implement :meth:`predict`.
+    Every method also takes :data:`ANSWER_PARAMS` (``answer``, ``max_new_tokens``)."""
 
     name: ClassVar[str] = ""
     PARAMS: ClassVar[dict] = {}
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if "PARAMS" in cls.__dict__:
+            cls.PARAMS = {**cls.PARAMS, **{k: v for k, v in ANSWER_PARAMS.items() if k not in cls.PARAMS}}
     #: modalities the method needs in the data ("audio", "visual", "text")
     needs: ClassVar[tuple] = ()
 

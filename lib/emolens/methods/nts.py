@@ -70,11 +70,10 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..answers import answer_logits, read_answers
-from ..intervene import AfterLayer, Capture, Plan, intervene
+from ..intervene import AfterLayer, Capture, Plan
 from ..metrics import swap_selection_noise
 from .base import Method, Param, Prediction
-from .common import fine_prompts
+from .common import answer_batch, fine_prompts
 
 NORMS = ("minmax", "zscore", "none")
 SCORINGS = ("contrastive", "qpos", "query", "random")
@@ -346,20 +345,50 @@ class NTS(Method):
         """Run the method's plan (plus ``extra_ops``, after it) on an encoded batch.
         Returns ``(answer logits [B, V], trace)``; ``trace.decisions`` holds ``admitted`` ([B, L] bool,
         the final m), ``triggers`` (per-layer records) and, with STR, ``gamma`` (layer -> [B, L])."""
-        plan = self.build_plan(batch, samples, lm.num_layers, keep_captures)
-        plan = Plan(list(plan.ops) + list(extra_ops))
-        with intervene(lm.model, batch.layouts, plan) as trace:
-            logits = answer_logits(lm.model, batch)
-        return logits, trace
+        from .common import forward_logits
 
-    def predict(self, lm, samples, task, prompts: Optional[Sequence] = None) -> list:
+        return forward_logits(lm, batch, self.plan_for(lm, batch, samples, extra_ops, keep_captures))
+
+    def plan_for(self, lm, batch, samples, extra_ops: Sequence = (), keep_captures: bool = False) -> Plan:
+        """The method's plan for an encoded batch followed by ``extra_ops`` (composition hook)."""
+        plan = self.build_plan(batch, samples, lm.num_layers, keep_captures)
+        return Plan(list(plan.ops) + list(extra_ops))
+
+    def prompts(self, samples, task) -> list:
+        """WETR's prompt: the fine query with the Q_pos / Q_neg spans (the spans NTS/STR read)."""
+        return fine_prompts(samples, task, contrastive=True)
+
+    def predict(self, lm, samples, task, prompts: Optional[Sequence] = None, partner=None) -> list:
         """One :class:`Prediction` per sample. ``prompts`` (default: the fine query with the Q_pos/Q_neg
-        spans) must contain the spans the scoring reads, else a one-line ValueError."""
-        prompts = list(prompts) if prompts is not None else fine_prompts(samples, task)
+        spans) must contain the spans the scoring reads, else a one-line ValueError. ``partner``: a
+        composed method (``methods.compose``) whose ops run after this method's in the same plan; its
+        per-sample record lands in ``extra[partner.name]``."""
+        prompts = list(prompts) if prompts is not None else self.prompts(samples, task)
         batch = lm.encode(samples, prompts)
-        logits, trace = self.forward(lm, batch, samples, keep_captures=False)
-        answers = read_answers(logits, batch.prompts, lm.option_token_ids)
-        return self.predictions(answers, trace, batch)
+        extra_ops = partner.ops_for(lm, batch, samples) if partner is not None else ()
+        plan = self.plan_for(lm, batch, samples, extra_ops, keep_captures=False)
+        answers, trace, texts = answer_batch(lm, batch, plan, self.params)
+        preds = self.predictions(answers, trace, batch, texts)
+        if partner is not None:
+            for pr, pp in zip(preds, partner.predictions_from(answers, trace, batch, texts)):
+                pr.extra[partner.name] = {k: v for k, v in pp.extra.items() if not k.startswith("_")}
+        return preds
+
+    # ------------------------------------------------------------------ composition (methods.compose)
+    #: the partner needs WETR's Q_pos / Q_neg spans in the host's prompt
+    wants_spans = True
+
+    def ops_for(self, lm, batch, samples, admitted=None) -> list:
+        """This method's ops for an encoded batch, as a composition partner. ``admitted`` (``[B, L]``
+        bool, e.g. SEPM's kept set) seeds m: tokens it excludes are never candidates, so never
+        re-admitted (the host's own KeyMask keeps them masked in any case)."""
+        ops = list(self.build_plan(batch, samples, lm.num_layers, keep_captures=False).ops)
+        if admitted is not None:
+            ops.insert(0, AfterLayer(layer=min(self.trigger_layers(lm.num_layers)), fn=_SeedAdmitted(admitted)))
+        return ops
+
+    def predictions_from(self, answers, trace, batch, texts=None) -> list:
+        return self.predictions(answers, trace, batch, texts)
 
     # ------------------------------------------------------------------ the decision at a trigger layer
     def _scores(self, caps, b, lay, cand_v, cand_c, rng):
@@ -464,7 +493,7 @@ class NTS(Method):
         return np.ones(lay.seq_len, dtype=np.float32), {}
 
     # ------------------------------------------------------------------ results
-    def predictions(self, answers, trace, batch) -> list:
+    def predictions(self, answers, trace, batch, texts=None) -> list:
         dec = trace.decisions
         adm = dec.get("admitted")
         selects = self.use_nts or float(self.params.get("noise_r", 0.0)) > 0
@@ -481,8 +510,22 @@ class NTS(Method):
             if lay.cue_visual is not None:
                 extra["_cue_visual"] = np.asarray(lay.cue_visual, bool).tolist()
             out.append(Prediction(label=a.label, letter=a.letter, option_probs=a.option_probs,
-                                  selected_visual=sv, selected_content=sc, extra=extra))
+                                  selected_visual=sv, selected_content=sc, extra=extra,
+                                  generated=texts[b] if texts is not None else None))
         return out
+
+
+class _SeedAdmitted:
+    """AfterLayer callback placed before the first trigger's: ``decisions["admitted"] = admitted`` so the
+    selection starts from a host's kept set (composition)."""
+
+    def __init__(self, admitted):
+        self.admitted = np.asarray(admitted, dtype=bool)
+
+    def __call__(self, ctx):
+        if "admitted" not in ctx.decisions:
+            ctx.decisions["admitted"] = self.admitted.copy()
+            ctx.decisions["triggers"] = []
 
 
 def _without(params: dict, *names) -> dict:

@@ -59,9 +59,9 @@ Choices the paper leaves open (each made once, here):
    optimised prompt in both stages; Table 3's FP-only row improves accuracy, which needs the prefix
    in the query that is answered).
 8. **fp=False**: no FoE prefix anywhere; there is no FoE span, so the significance rows are the
-   ``question`` span ("Which of the following descriptions best represents the person?"), i.e. the
-   query-related strategy. ``strategy="query"`` always uses the ``question`` span rows (Table 2's
-   "relevance to the overall query"), with or without the FoE prefix in the prompt.
+   whole query (span ``query``: every token of the query text), i.e. the query-related strategy.
+   ``strategy="query"`` always uses the whole query's rows (Table 2's "relevance to the overall
+   query": question, options, category lists and instruction, and the FoE prefix when present).
 9. **cci=False**: no coarse stage: the answered query is the fine query over all labels (no ambiguity
    description, no confidence). If VTA is on with an attention strategy, the significance comes from
    an attention-only forward of that same fine query (Eq. 5 with Q_f in place of Q_c, since there is
@@ -70,9 +70,11 @@ Choices the paper leaves open (each made once, here):
 10. **Neutral classes** (views with a neutral label, e.g. MER): Q_c stays binary and neutral is kept in
     both restricted option lists (the choice documented in ``emolens.prompts``). Options keep the
     task's label order.
-11. **Prompt spans**: like every emolens method (``methods.common.fine_prompts``), Q_f includes WETR's
-    Q_pos/Q_neg instruction spans by default (``prompt_spans=True``) so that ``sepm`` with cci, fp and
-    vta all off is exactly the ``zero-shot`` baseline; Q_c is the paper's wording (no such spans).
+11. **Prompts**: Q_c and Q_f use SEPM's printed wording ("Which of the following descriptions best
+    represents the image?" -- "video" for video datasets, ``Task.subject``; "A. Positive B. Negative";
+    the PEC / NEC option lists; ``prompts.sepm_query``). ``prompt_spans=True`` is the explicit "same
+    prompt for every method" switch: Q_f becomes the shared WETR-span fine query (then ``sepm`` with
+    cci, fp and vta off equals ``zero-shot(prompt_spans=true)``); Q_c keeps the paper's wording.
 12. **Random strategy** (Table 2): k = floor(beta N_v) tokens drawn uniformly without replacement by
     ``numpy.random.default_rng(SeedSequence([seed, crc32(sample.uid)]))``: deterministic given the seed
     and independent of batch composition and order.
@@ -198,11 +200,14 @@ def fine_labels(task: Task, branch: str) -> list:
     return labs
 
 
-def fine_prompt(task: Task, branch: str, *, fp: bool = True, prompt_spans: bool = True):
+def fine_prompt(task: Task, branch: str, *, fp: bool = True, prompt_spans: bool = False, wetr_spans: bool = False):
     """Q_f for one sample (Algorithm 1): Q_PEC / Q_NEC (confident branch), Q_ambi (all categories + the
-    ambiguity description), or the plain fine query over all labels (``all``, CCI off)."""
+    ambiguity description), or the fine query over all labels (``all``, CCI off), in SEPM's wording
+    (``prompts.sepm_query``); ``prompt_spans=True``: the shared WETR-span fine query instead."""
     amb = P.ambiguity_description(task.valence_groups) if branch == "ambiguous" else None
-    return P.fine_query(fine_labels(task, branch), foe=fp, contrastive=prompt_spans, ambiguity=amb)
+    if prompt_spans:
+        return P.fine_query(fine_labels(task, branch), foe=fp, contrastive=True, ambiguity=amb)
+    return P.sepm_query(fine_labels(task, branch), foe=fp, subject=task.subject, ambiguity=amb, contrastive=wetr_spans)
 
 
 # =========================================================================== the two stages
@@ -245,16 +250,17 @@ class Stage1:
 
 def significance_rows(strategy: str, fp: bool) -> Optional[str]:
     """The span whose final-layer attention rows give P (choice 8): ``foe`` for the FoE strategy with
-    the FoE prompt on, ``question`` for the query strategy or without FP, None for ``random``."""
+    the FoE prompt on, ``query`` (the whole query) for the query strategy or without FP, None for
+    ``random``."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown SEPM strategy {strategy!r}; use one of {STRATEGIES}")
     if strategy == "random":
         return None
-    return "foe" if (strategy == "foe" and fp) else "question"
+    return "foe" if (strategy == "foe" and fp) else "query"
 
 
 def run_stage1(lm, samples: Sequence, task: Task, *, alpha: float = 0.1, cci: bool = True, fp: bool = True,
-               rows: Optional[str] = "foe", prompt_spans: bool = True) -> Stage1:
+               rows: Optional[str] = "foe", prompt_spans: bool = False) -> Stage1:
     """Stage 1 of Algorithm 1 in one forward over the whole batch.
 
     With ``cci``: Q_c (with the FoE prefix when ``fp``) -> Ê (Eq. 1), p_A, p_B (Eq. 3), C (Eq. 4),
@@ -269,7 +275,7 @@ def run_stage1(lm, samples: Sequence, task: Task, *, alpha: float = 0.1, cci: bo
     if not cci and rows is None:
         return Stage1(query=None, branch=["all"] * B)
     if cci:
-        prompts = [P.coarse_query(task.valence_groups, foe=fp) for _ in samples]
+        prompts = [P.coarse_query(task.valence_groups, foe=fp, subject=task.subject) for _ in samples]
     else:
         prompts = [fine_prompt(task, "all", fp=fp, prompt_spans=prompt_spans) for _ in samples]
     batch = lm.encode(samples, prompts)
@@ -311,7 +317,8 @@ def keep_matrix(layouts: Sequence, drop: Sequence) -> np.ndarray:
     return keep
 
 
-def run_stage2(lm, samples: Sequence, prompts: Sequence, drop: Optional[Sequence] = None, *, batch=None):
+def run_stage2(lm, samples: Sequence, prompts: Sequence, drop: Optional[Sequence] = None, *, batch=None,
+               extra_ops: Sequence = (), params: Optional[dict] = None, with_trace: bool = False):
     """Stage 2 of Algorithm 1: Q_f on D' (Eq. 10, 2), one forward over the whole batch (per-sample
     prompts may differ; the batch is encoded once, left-padded).
 
@@ -319,19 +326,32 @@ def run_stage2(lm, samples: Sequence, prompts: Sequence, drop: Optional[Sequence
         drop: per sample the dropping map R (visual indices 0..N_v-1), or None / empty for no drop.
             Dropped tokens are removed from decoder layer 0 on (``KeyMask``; choice 6).
         batch: the already encoded ``lm.encode(samples, prompts)`` (to encode once), or None.
+        extra_ops: plan ops of a composed method, run in the same plan after the drop (``compose``).
+        params: the method's params for the answer mode (``answer="generate"``: greedy generation).
+        with_trace: also return the trace and the generated texts.
 
     Returns:
-        ``(answers, logits [B, V] float32 cpu, batch)``.
+        ``(answers, logits [B, V] float32 cpu or None, batch)`` (+ ``(trace, texts)`` with ``with_trace``).
     """
     from ..intervene import KeyMask, Plan
+    from .common import answer_batch
 
     batch = batch if batch is not None else lm.encode(samples, prompts)
-    plan = None
+    ops = []
     if drop is not None and any(np.asarray(d if d is not None else []).size for d in drop):
         if len(drop) != len(samples):
             raise ValueError(f"got {len(drop)} dropping maps for {len(samples)} samples; give one per sample")
-        plan = Plan([KeyMask(from_layer=0, keep=keep_matrix(batch.layouts, drop))])
-    answers, logits, _ = _forward(lm, batch, plan)
+        ops.append(KeyMask(from_layer=0, keep=keep_matrix(batch.layouts, drop)))
+    ops += list(extra_ops)
+    plan = Plan(ops) if ops else None
+    if params is not None and params.get("answer", "logits") == "generate":
+        answers, trace, texts = answer_batch(lm, batch, plan, params)
+        logits = None
+    else:
+        answers, logits, trace = _forward(lm, batch, plan)
+        texts = None
+    if with_trace:
+        return answers, logits, batch, trace, texts
     return answers, logits, batch
 
 
@@ -356,7 +376,7 @@ class SEPM(Method):
         "vta": Param(True, bool, doc="visual token dropping in stage 2"),
         "strategy": Param("foe", str, choices=STRATEGIES, doc="dropping strategy (Table 2): foe | query | random"),
         "seed": Param(0, int, low=0, doc="seed of the random strategy"),
-        "prompt_spans": Param(True, bool, doc="include WETR's Q_pos/Q_neg spans in Q_f (as every emolens method)"),
+        "prompt_spans": Param(False, bool, doc="the shared prompt: Q_f = the WETR-span fine query (default: SEPM's wording)"),
     }
 
     def validate(self) -> None:
@@ -380,9 +400,10 @@ class SEPM(Method):
         return run_stage1(lm, samples, task, alpha=p["alpha"], cci=p["cci"], fp=p["fp"], rows=self.rows,
                           prompt_spans=p["prompt_spans"])
 
-    def stage2_prompts(self, task: Task, branches: Sequence[str]) -> list:
+    def stage2_prompts(self, task: Task, branches: Sequence[str], wetr_spans: bool = False) -> list:
         p = self.params
-        return [fine_prompt(task, br, fp=p["fp"], prompt_spans=p["prompt_spans"]) for br in branches]
+        return [fine_prompt(task, br, fp=p["fp"], prompt_spans=p["prompt_spans"], wetr_spans=wetr_spans)
+                for br in branches]
 
     def stage2(self, lm, samples: Sequence, task: Task, branches: Sequence[str], drop: Optional[Sequence] = None):
         """Stage 2 alone, with a given dropping map (e.g. on perturbed samples): ``(answers, logits, batch)``."""
@@ -403,16 +424,22 @@ class SEPM(Method):
             return [np.zeros(0, dtype=np.int64) for _ in samples]
         return [dropping_map(pb, p["beta"]) for pb in s1.significance]
 
-    def predict(self, lm, samples, task):
+    def predict(self, lm, samples, task, partner=None):
+        """Algorithm 1. ``partner``: a composed method whose plan runs in stage 2 together with the drop
+        (``methods.compose``): it sees SEPM's kept set as already admitted, never re-admits a dropped token,
+        and its per-sample record lands in ``extra[partner.name]``."""
         p = self.params
         s1 = self.stage1(lm, samples, task)
-        prompts = self.stage2_prompts(task, s1.branch)
+        prompts = self.stage2_prompts(task, s1.branch, wetr_spans=bool(partner is not None and partner.wants_spans))
         batch = lm.encode(samples, prompts)  # the whole batch, once per stage
         # N_v per sample: from the stage-1 layouts when there was a forward, else from stage 2's
         ref = s1.batch if s1.batch is not None else batch
         n_visual = [int(l.visual.size) for l in ref.layouts]
         drop = self.dropping(samples, s1, n_visual)
-        answers, _, batch = run_stage2(lm, samples, prompts, drop, batch=batch)
+        extra_ops = partner.ops_for(lm, batch, samples, admitted=keep_matrix(batch.layouts, drop)) if partner else ()
+        answers, _, batch, trace, texts = run_stage2(lm, samples, prompts, drop, batch=batch, extra_ops=extra_ops,
+                                                     params=p, with_trace=True)
+        partner_preds = partner.predictions_from(answers, trace, batch, texts) if partner else None
         preds = []
         for b, a in enumerate(answers):
             lay = batch.layouts[b]
@@ -436,8 +463,14 @@ class SEPM(Method):
                              coarse=s1.coarse[b])
             if lay.cue_visual is not None:
                 extra["_cue_visual"] = [bool(x) for x in lay.cue_visual]
+            sel = [bool(x) for x in kept]
+            if partner_preds is not None:
+                pp = partner_preds[b]
+                extra[partner.name] = {k: v for k, v in pp.extra.items() if not k.startswith("_")}
+                if pp.selected_visual is not None:
+                    sel = [x and y for x, y in zip(sel, pp.selected_visual)]
             preds.append(Prediction(label=a.label, letter=a.letter, option_probs=a.option_probs,
-                                    selected_visual=[bool(x) for x in kept], extra=extra))
+                                    selected_visual=sel, extra=extra, generated=texts[b] if texts else None))
         return preds
 
 

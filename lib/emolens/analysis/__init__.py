@@ -12,4 +12,10 @@ method decides inside the forward.
   occluded image (Fig. 4).
 * :mod:`.mosear`: MoSEAR's Eqs. (5)-(7) per head, the reallocation residuals of Eqs. (8)-(11), the
   CA-MER subset grid (Tables 7-8).
+
+Device: everything these helpers return is on the CPU (:func:`to_cpu`, :func:`as_numpy` in
+:mod:`.cpu`, the one conversion helper notebooks use for what they read from a trace themselves).
 """
+from .cpu import as_numpy, to_cpu
+
+__all__ = ["as_numpy", "to_cpu"]

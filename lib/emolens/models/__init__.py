@@ -28,7 +28,8 @@ def _is_tiny_folder(p: Path) -> bool:
         return False
 
 
-def load_model(name_or_path: str = TINY_NAME, device: str = "auto", dtype="auto", *, attn: str = "emolens") -> LoadedModel:
+def load_model(name_or_path: str = TINY_NAME, device: str = "auto", dtype="auto", *, attn: str = "emolens",
+               device_map=None) -> LoadedModel:
     """Load a model for emolens.
 
     Args:
@@ -36,7 +37,10 @@ def load_model(name_or_path: str = TINY_NAME, device: str = "auto", dtype="auto"
             holding an emolens-tiny checkpoint (e.g. from ``emolens train-tiny``), or a local folder /
             locally cached Hugging Face id of a LLaVA, Qwen2-VL, Qwen2.5-VL, Qwen3-VL or InternVL model.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``.
-        dtype: ``"auto"`` (bf16 on CUDA, fp32 on CPU) or a dtype name.
+        dtype: ``"auto"`` (bf16 on CUDA where supported, else fp16; fp32 on CPU) or a dtype name.
+        device_map: real checkpoints only: ``None`` (weights read straight onto ``device``), ``"auto"``
+            (shard over every visible GPU, for models larger than one card) or a dict; see
+            :func:`emolens.models.hf.load_hf`. emolens-tiny always loads whole onto ``device``.
         attn: text attention implementation; ``"emolens"`` (default; needed by every intervention)
             or ``"sdpa"``/``"eager"`` for reference runs.
 
@@ -65,4 +69,4 @@ def load_model(name_or_path: str = TINY_NAME, device: str = "auto", dtype="auto"
                            name=str(name_or_path), info={"path": str(path), "card": read_card(path)})
     from .hf import load_hf
 
-    return load_hf(name_or_path, device=device, dtype=dtype, attn=attn)
+    return load_hf(name_or_path, device=device, dtype=dtype, attn=attn, device_map=device_map)

@@ -24,9 +24,20 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def resolve_dtype(dtype: Any, device: torch.device) -> torch.dtype:
-    """``auto`` -> bfloat16 on CUDA, float32 on CPU; strings like 'float16' accepted."""
+    """``auto`` -> bfloat16 on a CUDA device that supports it (``torch.cuda.is_bf16_supported()``:
+    Ampere and later), float16 on older CUDA cards (T4, V100), float32 on the CPU; strings like
+    'float16' accepted.
+
+    float16 and STR: gamma-scaling multiplies hidden states by up to ``1 + delta`` (5 at delta = 4), and
+    fp16's largest finite value is 65504; real decoders carry outlier features of several thousand, so
+    a scaled state can overflow to inf. emolens scales in float32 and clamps to the dtype's finite range
+    when casting back (``intervene``'s ``ResidualScale``), so an fp16 run stays finite; where the clamp
+    acts, the state is not exactly gamma * h (bf16 has float32's range and is never clamped).
+    """
     if dtype in (None, "auto"):
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if isinstance(dtype, torch.dtype):
         return dtype
     table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,

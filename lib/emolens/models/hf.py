@@ -153,13 +153,19 @@ def _first_field(raw: dict, fields: Sequence[str]) -> Optional[int]:
 
 # =============================================================================== loading
 def load_hf(name_or_path, device="auto", dtype="auto", *, attn: str = "emolens",
-            frames_as: str = "auto") -> LoadedModel:
+            frames_as: str = "auto", device_map=None) -> LoadedModel:
     """Load a LLaVA / Qwen2-VL / Qwen2.5-VL / Qwen3-VL / InternVL checkpoint for emolens.
 
     Args:
         name_or_path: a local folder, or a Hugging Face model id already in the local cache.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda[:N]"``.
-        dtype: ``"auto"`` (bf16 on CUDA, fp32 on CPU) or a dtype name.
+        dtype: ``"auto"`` (bf16 on CUDA where supported, else fp16; fp32 on CPU) or a dtype name.
+        device_map: where the weights go as they are read (transformers/accelerate ``device_map``):
+            default ``None`` = all on ``device`` (no CPU copy first; a device string is the same);
+            ``"auto"`` shards a model larger
+            than one card over every visible GPU (and CPU RAM after them); or an explicit
+            ``{module name: device}`` dict. Inputs go to the device of the input embeddings;
+            the attention function runs on each layer's own device (captures live there).
         attn: text-decoder attention: ``"emolens"`` (default; what interventions need; identical to
             SDPA while none is active), ``"sdpa"`` or ``"eager"``. Vision towers always run SDPA.
         frames_as: ``"auto"`` (multi-frame samples as a video where the family has a video format,
@@ -185,6 +191,13 @@ def load_hf(name_or_path, device="auto", dtype="auto", *, attn: str = "emolens",
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    if isinstance(device_map, str) and device_map != "auto":  # one device: the same as device=...
+        dev = resolve_device(device_map)
+        device_map = None
+    if device_map is None:
+        device_map = str(dev)
+    elif not (device_map == "auto" or isinstance(device_map, dict)):
+        raise ValueError(f"device_map must be None, 'auto', a device or a {{module: device}} dict, got {device_map!r}")
 
     import transformers
     from transformers import AutoConfig
@@ -194,15 +207,19 @@ def load_hf(name_or_path, device="auto", dtype="auto", *, attn: str = "emolens",
 
     cls = getattr(transformers, SUPPORTED[mt][1])
     # everything on SDPA first (vision towers stay there); the text decoder is then switched
-    model = cls.from_pretrained(folder, config=config, dtype=dt, attn_implementation="sdpa")
-    model.to(dev).eval()
+    # weights are placed on their device as they are read (device_map), never loaded on the CPU and copied
+    model = cls.from_pretrained(folder, config=config, dtype=dt, attn_implementation="sdpa",
+                                device_map=device_map).eval()
+    if device_map != str(dev):  # sharded: inputs go where the embeddings are
+        dev = model.get_input_embeddings().weight.device
     if attn != "sdpa":
         from ..attention import install
 
         install(model, text_impl=attn)
     processor.device, processor.dtype = dev, dt
     info = {"path": str(folder), "model_type": mt, "image_token_id": image_id, "video_token_id": video_id,
-            "attention": attn, "frames_as": frames_as, "audio": "not used (no audio input in this family)"}
+            "attention": attn, "frames_as": frames_as,
+            "device_map": dict(getattr(model, "hf_device_map", None) or {}) or device_map, "audio": "not used (no audio input in this family)"}
     return LoadedModel(model=model, processor=processor, family=mt, device=dev, dtype=dt,
                        encoder=processor.__call__, letter_ids=processor.letter_ids, name=str(name_or_path),
                        info=info)

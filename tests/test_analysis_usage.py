@@ -49,7 +49,7 @@ def env():
     w = EmoWorld("mer", eps=0.0)
     samples = [w.sample("test", i) for i in range(3)]
     task = Task(labels=w.labels, valence_groups=w.valence_groups)
-    return lm, samples, fine_prompts(samples, task)
+    return lm, samples, fine_prompts(samples, task, contrastive=True)   # Q_pos/Q_neg spans: NTS needs them
 
 
 def test_answer_attention_rows_are_probabilities_and_leave_logits_untouched(env):

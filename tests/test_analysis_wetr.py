@@ -106,7 +106,7 @@ def test_nts_scores_and_keep_reproduce_the_method(env):
 
     lm, samples, task = env
     m = get_method("nts", p_v=0.1, p_t=0.4)
-    batch = lm.encode(samples, fine_prompts(samples, task))
+    batch = lm.encode(samples, fine_prompts(samples, task, contrastive=True))
     l = m.trigger_layers(lm.num_layers)[0]
     _, trace = m.forward(lm, batch, samples)
     tab = wetr.token_table(lm, batch, 1)
@@ -131,7 +131,7 @@ def test_layer_output_shows_gamma_scaling_and_qk(env):
 
     lm, samples, task = env
     s = samples[:2]
-    batch = lm.encode(s, fine_prompts(s, task))
+    batch = lm.encode(s, fine_prompts(s, task, contrastive=True))
     strm, nts = get_method("str"), get_method("nts")
     l = strm.trigger_layers(lm.num_layers)[0]
     h_str, tr = wetr.layer_output(lm, batch, s, strm, l)
@@ -152,7 +152,7 @@ def test_removal_of_nothing_is_the_frozen_model_and_deletion_sizes_match(env):
     from emolens.methods.common import fine_prompts
 
     lm, samples, task = env
-    prompts = fine_prompts(samples, task)
+    prompts = fine_prompts(samples, task, contrastive=True)
     batch = lm.encode(samples, prompts)
     ref = read_answers(answer_logits(lm.model, batch), batch.prompts, lm.option_token_ids)
     got = wetr.forward_removed(lm, samples, prompts, None, batch_size=3)

@@ -224,15 +224,13 @@ def deletion_test(lm, samples: Sequence, task, method, *, n_random: int = 3, see
     correct, p_gold, n_visual, n_content (tokens removed)."""
     import pandas as pd
 
-    from ..methods.common import fine_prompts
-    from ..metrics import matched_random_mask
-
     from ..methods.nts import NTS
+    from ..metrics import matched_random_mask
 
     if not isinstance(method, NTS):
         raise ValueError(f"method {method.name} selects no tokens; the deletion test needs a selecting method "
                          f"(nts, its baselines, str or wetr)")
-    prompts = fine_prompts(samples, task)
+    prompts = method.prompts(samples, task)     # the method's own prompt (WETR's Q_pos/Q_neg spans)
     preds = []
     for i in range(0, len(samples), batch_size):
         preds += method.predict(lm, samples[i:i + batch_size], task, prompts[i:i + batch_size])
@@ -281,13 +279,11 @@ def contribution_shift(lm, samples: Sequence, task, before, after, *, batch_size
     contrib_before, contrib_after."""
     import pandas as pd
 
-    from ..methods.common import fine_prompts
-
     layers = after.trigger_layers(lm.num_layers)
     if len(layers) != 1 or before.trigger_layers(lm.num_layers) != layers:
         raise ValueError("contribution_shift needs two single-trigger methods on the same layer (nts and str)")
     l = layers[0]
-    prompts = fine_prompts(samples, task)
+    prompts = after.prompts(samples, task)      # the method's own prompt (WETR's Q_pos/Q_neg spans)
     toks, base = [], {"before": [], "after": []}
     for i in range(0, len(samples), batch_size):
         s, p = samples[i:i + batch_size], prompts[i:i + batch_size]

@@ -11,9 +11,12 @@ EXTRAS ?= notebooks,dev,lab,cluster
 LOCK := requirements.lock
 OUT ?= runs/notebooks
 LATEST := .venv-latest
-PYTEST_ARGS := -q --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg tests notebooks
+PYTEST_ARGS := -q -m "not browser" --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg tests notebooks
+# JupyterLab on notebooks/ with the venv's python3 kernel; add server options with LAB_ARGS="--port=8899 ...".
+LAB_ARGS ?=
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: setup run test test-latest lock bench clean
+.PHONY: setup run test test-latest lock bench clean lab notebooks notebooks-sync test-browser
 
 # Installs the exact tested versions: the lock is a pip constraints file (pyproject keeps ranges).
 $(BIN)/emolens: pyproject.toml $(LOCK)
@@ -49,6 +52,25 @@ lock:
 	  $(LATEST)/bin/python -m pip freeze --exclude-editable | grep -viE '^(torch|emolens)[= ]'; } > $(LOCK).new
 	mv $(LOCK).new $(LOCK)
 	$(LATEST)/bin/python tools/lock_env.py
+
+# Explore: JupyterLab on notebooks/ (localhost only, token auth), kernel = this venv's python3
+# (--allow-root only when run as root, e.g. in a container).
+lab: setup
+	$(BIN)/jupyter lab --ServerApp.root_dir=notebooks --ServerApp.ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+# Refresh the committed outputs: papermill executes each notebook in place, then cleans it
+# (NB=01 for one notebook). This is the only way committed outputs change; nbval checks them.
+notebooks: setup
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/emolens notebooks --refresh $(if $(NB),--only $(NB))
+
+# After editing one side of a pair outside JupyterLab: bring the other side up to date.
+notebooks-sync: setup
+	$(BIN)/jupytext --sync notebooks/[0-9][0-9]_*.py
+
+# Widgets and the run report in a real browser: Debian's chromium driven by Playwright, screenshots in runs/browser/.
+test-browser: setup
+	test -x $(CHROMIUM) || { apt-get update && apt-get install -y chromium; }
+	CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q -m browser tests/test_browser.py
 
 bench: setup
 	$(BIN)/emolens bench --json runs/bench.json

@@ -139,7 +139,9 @@ class AfterLayer:
     steps: str = "prefill"
 
 
-OPS = (Capture, KeyMask, RowEdit, ResidualScale, AfterLayer)
+from .prune import Prune  # noqa: E402  (physical pruning: its own plan kind, handled in prune.py)
+
+OPS = (Capture, KeyMask, RowEdit, ResidualScale, AfterLayer, Prune)
 
 
 def _describe_value(v):
@@ -169,7 +171,7 @@ class Plan:
         for op in self.ops:
             if not isinstance(op, OPS):
                 raise ValueError(f"unknown plan op {type(op).__name__}; use Capture, KeyMask, RowEdit, "
-                                 f"ResidualScale or AfterLayer")
+                                 f"ResidualScale, AfterLayer or Prune")
 
     def describe(self) -> dict:
         """Plain-dict description (JSON-serialisable)."""
@@ -703,9 +705,15 @@ def intervene(model, layouts, plan=None):
                 raise RuntimeError("an intervention is already active on this model; compose the ops into one "
                                    "Plan instead of nesting intervene()")
             mods.append((m, i))
+    from . import prune as _prune
+
+    pruning = _prune.install(model, session, plan.ops)
+    handler = session if pruning is None else pruning[0]
+    if pruning is not None:
+        session.hooks.extend(pruning[1])
     try:
         for m, i in mods:
-            _attn._REGISTRY[m] = (session, i)
+            _attn._REGISTRY[m] = (handler, i)
         for i in sorted(session.hooked):
             # prepend: run before transformers' own output-recording hooks, so recorded hidden states
             # (output_hidden_states=True) show the scaled residual stream

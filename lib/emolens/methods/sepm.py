@@ -343,6 +343,10 @@ def run_stage2(lm, samples: Sequence, prompts: Sequence, drop: Optional[Sequence
             raise ValueError(f"got {len(drop)} dropping maps for {len(samples)} samples; give one per sample")
         ops.append(KeyMask(from_layer=0, keep=keep_matrix(batch.layouts, drop)))
     ops += list(extra_ops)
+    if ops and params is not None and params.get("prune"):
+        from ..prune import Prune
+
+        ops.append(Prune())
     plan = Plan(ops) if ops else None
     if params is not None and params.get("answer", "logits") == "generate":
         answers, trace, texts = answer_batch(lm, batch, plan, params)
@@ -377,6 +381,7 @@ class SEPM(Method):
         "strategy": Param("foe", str, choices=STRATEGIES, doc="dropping strategy (Table 2): foe | query | random"),
         "seed": Param(0, int, low=0, doc="seed of the random strategy"),
         "prompt_spans": Param(False, bool, doc="the shared prompt: Q_f = the WETR-span fine query (default: SEPM's wording)"),
+        "prune": Param(False, bool, doc="VTA's dropped tokens removed physically from layer 1 on (emolens.prune)"),
     }
 
     def validate(self) -> None:

@@ -38,6 +38,7 @@ import math
 import numpy as np
 
 from ..intervene import AfterLayer, Capture, Plan
+from ..prune import Prune
 from .base import Method, Param, Prediction
 from .common import answer_batch, fine_prompts
 
@@ -109,6 +110,7 @@ class SparseVLM(Method):
         "layers": Param("auto", str, doc="pruning layers 'a,b,c' or auto (2/6/15 of 32 scaled: 1,2,4 of 8)"),
         "tau": Param(0.3, float, low=0.0, high=1.0, doc="recycling ratio of the deleted tokens"),
         "recycle": Param(True, bool, doc="token recycling"),
+        "prune": Param(False, bool, doc="remove the dropped tokens physically from the next layer on (emolens.prune; same answers, less compute)"),
         "prompt_spans": Param(False, bool, doc="the shared prompt: add WETR's Q_pos/Q_neg spans"),
     }
     needs = ("visual",)
@@ -194,6 +196,8 @@ class SparseVLM(Method):
         ops = self.ops_for(lm, batch, samples)
         if partner is not None:
             ops += partner.ops_for(lm, batch, samples)
+        if self.params["prune"]:
+            ops.append(Prune())
         answers, trace, texts = answer_batch(lm, batch, Plan(ops), self.params)
         preds = self.predictions_from(answers, trace, batch, texts)
         if partner is not None:

@@ -253,10 +253,10 @@ def test_registry_and_describe():
     m = from_dict({"method": "ar", "tau": "2", "source": "content", "layers": [1, 2, 3]})
     d = m.describe()
     assert d == {"method": "ar", "tau": 2.0, "source": "content", "target": "visual", "layers": [1, 2, 3],
-                 "prompt_spans": True}
+                 "prompt_spans": False, "answer": "logits", "max_new_tokens": 64}
     json.dumps(d)
     assert from_dict(d).describe() == d
-    assert get_method("pai").describe()["alpha"] == 0.5 and get_method("pai").params["layers"] == "2:"
+    assert get_method("pai").describe()["alpha"] == 0.5 and get_method("pai").params["layers"] == "all"
     assert resolve_layers("2:", 8) == [2, 3, 4, 5, 6, 7] and resolve_layers("2-5", 8) == [2, 3, 4, 5]
     assert resolve_layers("all", 3) == [0, 1, 2] and resolve_layers("1,3", 8) == [1, 3]
     assert get_method("ar").needs == ("audio", "visual") and get_method("ar", source="content").needs == ("text", "visual")
@@ -342,7 +342,7 @@ def test_pai_is_the_paper_formula_and_raises_visual_mass(lm, camer):
     batch = lm.encode(samples, fine_prompts(samples, task))
     K = batch.inputs["input_ids"].shape[1]
     allpos = [lay.valid for lay in batch.layouts]
-    pai = get_method("pai", alpha=alpha)
+    pai = get_method("pai", alpha=alpha, layers="2:")   # PAI's own code setting (default: all layers)
     plan = Plan(pai.plan(layers, record=True).ops + [Capture(layers="all", rows="last", name="all", qk_positions=allpos)])
     with intervene(lm.model, batch.layouts, plan) as tr:
         answer_logits(lm.model, batch)

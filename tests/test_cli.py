@@ -24,7 +24,7 @@ def test_eval_writes_metrics_latency_predictions(tmp_path, capsys):
     gold = [p["gold"] for p in r["predictions"]]
     pred = [p["label"] for p in r["predictions"]]
     assert r["metrics"]["war"] == pytest.approx(accuracy_score(gold, pred))
-    assert r["config"]["method"] == {"method": "zero-shot", "prompt_spans": True}
+    assert r["config"]["method"] == {"method": "zero-shot", "prompt_spans": False, "answer": "logits", "max_new_tokens": 64}
 
 
 @pytest.mark.parametrize("argv, needle", [

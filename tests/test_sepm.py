@@ -146,7 +146,7 @@ def _eager_last_layer_attention(lm_eager, batch):
 def test_significance_and_dropping_map_match_eager_attention(lm, lm_eager, emoset, mer, view):
     samples, task = emoset if view == "emoset" else mer
     att = None
-    for strategy, span in (("foe", "foe"), ("query", "question")):
+    for strategy, span in (("foe", "foe"), ("query", "query")):   # query: the whole query's rows
         m = get_method("sepm", strategy=strategy)
         s1 = m.stage1(lm, samples, task)
         assert s1.rows == span and s1.query == "coarse"
@@ -236,9 +236,11 @@ def test_cci_off_uses_all_labels_without_a_coarse_stage(lm, emoset):
 
 
 def test_all_components_off_is_zero_shot(lm, emoset):
+    """With the shared-prompt switch on both, SEPM with every component off is the zero-shot baseline
+    (by default each uses its own paper's prompt)."""
     samples, task = emoset
-    a = get_method("sepm", cci=False, fp=False, vta=False).predict(lm, samples, task)
-    b = get_method("zero-shot").predict(lm, samples, task)
+    a = get_method("sepm", cci=False, fp=False, vta=False, prompt_spans=True).predict(lm, samples, task)
+    b = get_method("zero-shot", prompt_spans=True).predict(lm, samples, task)
     assert [p.label for p in a] == [p.label for p in b]
     for x, y in zip(a, b):
         assert x.option_probs == pytest.approx(y.option_probs, abs=1e-6)
@@ -265,10 +267,10 @@ def test_fp_off_has_no_foe_span(lm, emoset):
     m = get_method("sepm", fp=False)
     s1 = m.stage1(lm, samples, task)
     assert all(l.spans.get("foe") is None or l.spans["foe"].size == 0 for l in s1.batch.layouts)
-    assert s1.rows == "question"
+    assert s1.rows == "query"
     assert all("foe" not in dict(p.segments) for p in m.stage2_prompts(task, s1.branch))
     preds = m.predict(lm, samples, task)
-    assert all(p.extra["significance_rows"] == "question" for p in preds)
+    assert all(p.extra["significance_rows"] == "query" for p in preds)
     on = S.SEPM()
     assert all("foe" in dict(p.segments) for p in on.stage2_prompts(task, ["positive", "ambiguous"]))
 

@@ -235,8 +235,9 @@ def classification_report(y_true: Any, y_pred: Any, labels: Optional[Sequence] =
             never occur appear with recall 0 / support 0). Default: sorted union of y_true, y_pred.
             Predictions outside ``labels`` count as wrong (lower WAR and the true class's recall).
     Returns:
-        dict with ``war``, ``uar`` (over labels present in y_true), ``f1`` (weighted),
-        ``macro_f1`` (over ``labels``), ``per_class_recall``, ``per_class_precision``,
+        dict with ``war``, ``uar`` (over labels present in y_true), ``f1_weighted`` and ``f1_macro``
+        (over ``labels``; ``f1`` = weighted and ``macro_f1`` kept as aliases; ``emolens.evaluate``
+        sets ``f1`` to the manifest's average and names it in ``f1_average``), ``per_class_recall``, ``per_class_precision``,
         ``per_class_f1``, ``support`` (dicts label -> value; recall/precision 0 where undefined),
         ``confusion_matrix`` (list of lists, rows true, cols predicted), ``labels`` (list), ``n``.
     """
@@ -255,6 +256,8 @@ def classification_report(y_true: Any, y_pred: Any, labels: Optional[Sequence] =
         "war": float(np.mean(t == p)),
         "uar": float(rec[present].mean()) if present.any() else float("nan"),
         "f1": float((f1_c * support).sum() / tot) if tot > 0 else 0.0,
+        "f1_weighted": float((f1_c * support).sum() / tot) if tot > 0 else 0.0,
+        "f1_macro": float(f1_c.mean()),
         "macro_f1": float(f1_c.mean()),
         "per_class_recall": {k: float(v) for k, v in zip(keys, rec)},
         "per_class_precision": {k: float(v) for k, v in zip(keys, prec)},

@@ -44,10 +44,14 @@ class Prediction:
     extra: dict = field(default_factory=dict)
     #: the generated text (``answer=generate``; zero-shot-CoT by default), else None
     generated: Optional[str] = None
+    #: the query text of each stage as encoded (a string; a list for multi-stage methods such as SEPM)
+    prompt: Optional[Any] = None
 
     def to_dict(self) -> dict:
         d = {"label": self.label, "letter": self.letter,
              "option_probs": {k: round(float(v), 6) for k, v in self.option_probs.items()}}
+        if self.prompt is not None:
+            d["prompt"] = self.prompt
         if self.generated is not None:
             d["generated"] = self.generated
             d["parsed"] = self.label is not None

@@ -21,9 +21,11 @@ layer l+1 on, like the key mask.
 Choices the paper leaves open (documented defaults; most are parameters)
 ------------------------------------------------------------------------
 * **q, k** ("query/key vectors from the frozen attention projections"): the vectors layer l's
-  attention actually uses: after Qwen3's q/k RMSNorm and after RoPE (what the attention function
-  receives). Keys of different positions therefore also differ by their rotary phase; this is the
-  "query-induced alignment at layer l" as the model computes it.
+  attention function receives: after Qwen3's q/k RMSNorm and **after RoPE** (keys of different
+  positions therefore also differ by their rotary phase). The paper's wording reads as the
+  projections *before* RoPE; capturing those needs hooks on q_proj/k_proj/q_norm/k_norm that the
+  intervention mechanism does not install yet, so post-RoPE remains the implemented reading (open
+  item, reported in issue 11).
 * **GQA heads in Eq. 9**: q has H heads, k has H_kv < H heads. Each query head h is paired with its
   KV group's keys (head h uses kv head h // (H / H_kv), as the attention does); alpha, the
   reconstruction and e_i are computed per query head with d = head_dim (the model's own 1/sqrt(d)
@@ -33,11 +35,29 @@ Choices the paper leaves open (documented defaults; most are parameters)
   e_i = ||k_i||_2 ("nothing predicts it").
 * **Error normalisation** ("normalize all errors to e_bar in [0, 1]"): one min-max over *all* errors
   of K_v u K_con jointly (a constant set -> 0).
-* **Gate**: g_i = sigmoid((Norm(s_i) - gate_center) / gate_temp) with the NTS ``norm`` over the
-  modality's candidate tokens at this layer (the same Norm scope as Eq. 4/5). Defaults
-  gate_center = 0, gate_temp = 1 are the literal phi(Norm(s_i)); with minmax Norm this confines g to
-  [0.5, 0.731], so r_i <= 0.5 and c_i <= 0.731 (b_i in [-0.5, 0.731]). A lone candidate (Norm of a
-  constant = 0) gets g = 0.5.
+* **Gate** (Eq. 10's g_i = phi(Norm(s_i))): g_i = sigmoid((Norm(s_i) - gate_center) / gate_temp) with
+  the NTS ``norm`` over the modality's **kept set K** (``gate_scope="kept"``, default: STR acts on
+  K, and the paper's stated property refers to the tokens NTS kept; ``"candidates"`` normalises over
+  all candidates at the layer). Defaults gate_center = 0.5, gate_temp = 0.1 make phi a soft step on
+  [0, 1]: the most emotion-relevant kept token (Norm = 1) gets g = 0.993, the least g = 0.007. This
+  is chosen so the property WETR states holds: "emotion-relevant agreement" (high g_i, low e_bar_i)
+  gives r_i = (1 - g_i)(1 - e_bar_i) <= 0.007 and c_i = g_i e_bar_i ~ 0, so gamma_i = 1 + delta (c - r)
+  is within 4 * 0.007 = 0.03 of 1 ("not down-weighted"; tested). The literal phi with center 0, temp 1
+  confines g to [0.5, 0.731] under minmax, so a kept token with e_bar = 0 gets r >= 0.27 and gamma <=
+  1 - delta * 0.27 ~ 0 unless it is an anchor: the opposite of the stated property. A constant score
+  set (a lone kept token, or ties) has no contrast; every member is the set's top token, so Norm = 1
+  (g = 0.993) for the gate.
+* **What h <- gamma h does in a pre-norm decoder**: the next layer reads RMSNorm(h) for its queries,
+  keys and values, and RMSNorm is scale-invariant (RMSNorm(gamma h) = RMSNorm(h) for gamma > 0, up to
+  the epsilon). So for the *keys and values* of later layers only gamma = 0 survives the next layer's
+  norm (a zero vector stays ~0); a positive gamma changes them not at all. What a positive gamma does
+  change is the token's residual stream: the scaled h_i plus the next layers' updates, i.e. the
+  relative weight of the layer-l state against what later layers add (large gamma: the state at l
+  dominates later; small gamma: later updates dominate). The answer row is not reweighted (it is
+  an instruction token), so gamma acts on it only through the reweighted tokens' keys/values in later
+  layers -- which, by the above, is the gamma = 0 case plus the second-order effect through the
+  changed residual mix. Reported, not hidden: this is why STR's effect on emolens-tiny is mostly its
+  zeroing of down-weighted tokens.
 * **Negative gamma** (``negative``): Eq. 11 gives gamma < 0 when b_i < -1/delta (delta = 4: b < -0.25),
   but Eq. 2 requires gamma > 0 and WETR Table 8 reports the down-weighted group's mean gamma as
   0.000: ``"clamp0"`` (default) sets gamma <- max(gamma, 0); ``"keep"`` applies the signed value
@@ -70,8 +90,9 @@ STR_PARAMS = {
     "p_t_anc": Param(0.1, float, low=0.0, high=1.0, doc="anchor ratio within K_con (0 = no content anchors)"),
     "gamma_anc": Param(1.0, float, low=1.0, doc="anchor lower bound gamma_anc >= 1"),
     "negative": Param("clamp0", str, choices=NEGATIVE, doc="negative gamma: clamp at 0 or keep the sign"),
-    "gate_center": Param(0.0, float, doc="g = sigmoid((Norm(s) - center) / temp)"),
-    "gate_temp": Param(1.0, float, low=0.0, open_low=True, doc="gate temperature"),
+    "gate_center": Param(0.5, float, doc="g = sigmoid((Norm(s) - center) / temp) (Eq. 10's phi; 0.5 / 0.1: soft step)"),
+    "gate_temp": Param(0.1, float, low=0.0, open_low=True, doc="gate temperature"),
+    "gate_scope": Param("kept", str, choices=("kept", "candidates"), doc="Norm of the gate over K (kept) or all candidates"),
 }
 
 
@@ -122,13 +143,16 @@ def normalize(e) -> np.ndarray:
     return normalize_scores(e, "minmax")
 
 
-def gate(s, norm: str = "minmax", center: float = 0.0, temp: float = 1.0) -> np.ndarray:
-    """g_i = phi(Norm(s_i)), phi = sigmoid((x - center) / temp); defaults are the literal sigmoid.
+def gate(s, norm: str = "minmax", center: float = 0.5, temp: float = 0.1) -> np.ndarray:
+    """g_i = phi(Norm(s_i)), phi = sigmoid((x - center) / temp) (WETR Eq. 10; defaults: a soft step,
+    see the module docstring; ``center=0, temp=1`` is the literal sigmoid).
 
-    ``s``: the NTS scores of one modality's candidates (Norm runs over them)."""
+    ``s``: the NTS scores of one modality's kept set K (Norm runs over them). A constant set (one
+    token, or ties) has Norm = 1: each member is the set's top token."""
     if temp <= 0:
         raise ValueError(f"gate temp = {temp} is out of range; allowed (0, inf)")
-    x = normalize_scores(s, norm)
+    v = _np(s).reshape(-1)
+    x = np.ones_like(v) if v.size and np.ptp(v) <= 1e-12 else normalize_scores(v, norm)
     return 1.0 / (1.0 + np.exp(-(x - center) / temp))
 
 
@@ -202,8 +226,13 @@ class STR(NTS):
         e = np.concatenate([reconstruction_error(q, k, iv, ic), reconstruction_error(q, k, ic, iv)])
         e_bar = normalize(e)
         norm = p.get("norm", "minmax")
-        gv = gate(s_v, norm, p["gate_center"], p["gate_temp"])[np.isin(cand_v, kv)]
-        gc = gate(s_c, norm, p["gate_center"], p["gate_temp"])[np.isin(cand_c, kc)]
+        in_v, in_c = np.isin(cand_v, kv), np.isin(cand_c, kc)
+        if p.get("gate_scope", "kept") == "kept":   # Norm over K (module docstring)
+            gv = gate(np.asarray(s_v)[in_v], norm, p["gate_center"], p["gate_temp"])
+            gc = gate(np.asarray(s_c)[in_c], norm, p["gate_center"], p["gate_temp"])
+        else:
+            gv = gate(s_v, norm, p["gate_center"], p["gate_temp"])[in_v]
+            gc = gate(s_c, norm, p["gate_center"], p["gate_temp"])[in_c]
         g = np.concatenate([gv, gc])
         r, c = overlap_residual(g, e_bar)
         gamma_raw = 1.0 + p["delta"] * (c - r)

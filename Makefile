@@ -12,7 +12,8 @@ LOCK := requirements.lock
 OUT ?= runs/notebooks
 LATEST := .venv-latest
 PYTEST_ARGS := -q -m "not browser" --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg tests notebooks
-# JupyterLab on notebooks/ with the venv's python3 kernel; add server options with LAB_ARGS="--port=8899 ...".
+# JupyterLab on notebooks/ (LAB_DIR) with the venv's python3 kernel; server options: LAB_ARGS="--port=8899 ...".
+LAB_DIR ?= notebooks
 LAB_ARGS ?=
 CHROMIUM := /usr/bin/chromium
 
@@ -56,7 +57,7 @@ lock:
 # Explore: JupyterLab on notebooks/ (localhost only, token auth), kernel = this venv's python3
 # (--allow-root only when run as root, e.g. in a container).
 lab: setup
-	$(BIN)/jupyter lab --ServerApp.root_dir=notebooks --ServerApp.ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+	$(BIN)/jupyter lab --ServerApp.root_dir=$(LAB_DIR) --ServerApp.ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 # Refresh the committed outputs: papermill executes each notebook in place, then cleans it
 # (NB=01 for one notebook). This is the only way committed outputs change; nbval checks them.

@@ -129,3 +129,74 @@ def test_load_hf_bad_device_map(ckdir):
         load_hf(_folder(ckdir, "llava"), device="cpu", device_map="gpu0")
     with pytest.raises(ValueError, match="device_map must be None, 'auto', a device"):
         load_hf(_folder(ckdir, "llava"), device="cpu", device_map=["cpu"])
+
+
+# --------------------------------------------------------------------------- capture memory options
+def test_reduced_capture_equals_full_capture_reduced_after(monkeypatch):
+    """Capture(reduce="heads"/"mean") computed in chunks inside the attention function equals the full
+    [B, H, R, K] capture reduced afterwards (ragged rows, padding, a key mask, chunks of one row)."""
+    import emolens.intervene as iv
+    from emolens.intervene import KeyMask
+
+    lm = _tiny("cpu", "float32")
+    samples, batch = _world_batch(lm, n=3)
+    rows = [np.concatenate([lay.visual[: 5 + 3 * b], lay.content]) for b, lay in enumerate(batch.layouts)]
+    keep = np.ones((3, batch.layouts[0].seq_len), dtype=bool)
+    keep[:, batch.layouts[0].visual[1::3]] = False
+    monkeypatch.setattr(iv, "REDUCE_CHUNK_BYTES", 1)  # one row per chunk
+    ops = [KeyMask(from_layer=1, keep=keep)]
+    for red in (None, "heads", "mean"):
+        ops.append(Capture(layers=[2], rows=rows, name=f"r_{red}", reduce=red))
+    with intervene(lm.model, batch.layouts, ops) as tr, torch.no_grad():
+        lm.model(**batch.inputs)
+    full, heads, mean = tr.get("r_None", 2), tr.get("r_heads", 2), tr.get("r_mean", 2)
+    B, H, R, K = full.probs.shape
+    assert heads.probs.shape == (B, R, K) and mean.probs.shape == (B, K) and heads.reduced == "heads"
+    torch.testing.assert_close(heads.probs, full.probs.mean(1), **tolerances(torch.float32))
+    v = full.row_valid.float()
+    ref = (full.probs.mean(1) * v[:, :, None]).sum(1) / v.sum(1)[:, None]
+    torch.testing.assert_close(mean.probs, ref, **tolerances(torch.float32))
+    from emolens.methods.nts import span_attention
+
+    for b in range(B):
+        np.testing.assert_allclose(mean.sample(b).numpy(), span_attention(full.sample(b)), **tolerances(torch.float32))
+        assert heads.sample(b).shape == (int(full.row_valid[b].sum()), K)
+    assert not bool(ref.isnan().any()) and (mean.probs.sum(-1) > 0).all()
+    with pytest.raises(ValueError, match="reduce='max'; use None, 'heads' or 'mean'"):
+        with intervene(lm.model, batch.layouts, [Capture(layers=[2], rows="visual", reduce="max")]):
+            pass
+
+
+def test_decode_captures_offload_to_cpu():
+    """Capture(offload="cpu") moves every record (decode steps of generate() too) to the CPU; without
+    it records stay on the layer's device (checked where CUDA exists)."""
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    lm = _tiny(dev, "float32")
+    _, batch = _world_batch(lm)
+    ops = [Capture(layers=[1], rows="last", steps="all", name="off", offload="cpu", qk_positions="visual"),
+           Capture(layers=[1], rows="last", steps="all", name="on")]
+    with intervene(lm.model, batch.layouts, ops) as tr, torch.no_grad():
+        lm.model.generate(**batch.inputs, max_new_tokens=3, do_sample=False)
+    assert len(tr.decode_captures) == 2
+    for caps in [tr.captures, *tr.decode_captures]:
+        off, on = caps[("off", 1)], caps[("on", 1)]
+        assert {t.device.type for t in (off.probs, off.positions, off.row_valid, off.q, off.k)} == {"cpu"}
+        assert on.probs.device.type == dev
+        torch.testing.assert_close(off.probs, on.probs.cpu())
+    with pytest.raises(ValueError, match="offload='gpu'; use None or 'cpu'"):
+        with intervene(lm.model, batch.layouts, [Capture(layers=[1], rows="last", offload="gpu")]):
+            pass
+
+
+def test_gamma_scaling_in_float32_and_clamped_in_fp16():
+    from emolens.intervene import scale_rows
+
+    h = torch.tensor([[[60000.0, -60000.0, 1.5]]], dtype=torch.float16)
+    g = torch.tensor([[5.0]])
+    out = scale_rows(h, g)
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+    assert float(out[0, 0, 0]) == torch.finfo(torch.float16).max and float(out[0, 0, 2]) == 7.5
+    # bf16: computed in float32, rounded once (not gamma rounded to bf16 first)
+    hb = torch.tensor([[[1.0, 3.0]]], dtype=torch.bfloat16)
+    gb = torch.tensor([[1.0 + 1.0 / 3]])
+    assert torch.equal(scale_rows(hb, gb), (hb.float() * gb.float()[:, :, None]).to(torch.bfloat16))

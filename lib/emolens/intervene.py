@@ -89,6 +89,14 @@ class Capture:
             (``q [B, H, R, D]``) and the key vectors at these positions (``k [B, Hkv, R', D]``),
             post-RoPE, as the attention function receives them.
         steps: ``"prefill"``, ``"decode"`` or ``"all"``.
+        reduce: ``None`` (default): the full ``probs [B, H, R, K]``; ``"heads"``: the mean over heads,
+            ``probs [B, R, K]``; ``"mean"``: the mean over heads and the valid rows, ``probs [B, K]``
+            (a span's per-key attention, WETR's ``a_{I->i}``). The reduction runs inside the attention
+            function in chunks of rows (:data:`REDUCE_CHUNK_BYTES` of float32 scores at a time), so the
+            full ``[B, H, R, K]`` tensor is never stored: on LLaVA-7B (32 heads, ~600 visual + content
+            rows) that is 32x less for ``"heads"``. ``None`` keeps the full capture (before/after runs).
+        offload: ``None`` or ``"cpu"``: move this op's records to the CPU as they are made (decode-step
+            captures of a long ``generate()`` then grow in host memory, not on the GPU).
     """
 
     layers: Union[Sequence[int], str] = "all"
@@ -96,6 +104,14 @@ class Capture:
     name: Optional[str] = None
     qk_positions: Optional[Rows] = None
     steps: str = "prefill"
+    reduce: Optional[str] = None
+    offload: Optional[str] = None
+
+
+REDUCES = (None, "heads", "mean")
+OFFLOADS = (None, "cpu")
+#: bytes of float32 scores a reducing capture materialises at a time ([B, H, chunk, K])
+REDUCE_CHUNK_BYTES = 64 * 2**20
 
 
 @dataclass
@@ -190,11 +206,14 @@ class AttnCapture:
     """Captured attention rows of one layer.
 
     Attributes:
-        probs: ``[B, H, R, K]`` float32 softmax probabilities (0 on invalid rows and masked keys).
+        probs: ``[B, H, R, K]`` float32 softmax probabilities (0 on invalid rows and masked keys);
+            ``[B, R, K]`` (head mean) or ``[B, K]`` (head and valid-row mean) when ``reduced`` says so.
         positions: ``[B, R]`` int64 absolute row positions, ``-1`` on padding rows.
         row_valid: ``[B, R]`` bool.
         q: ``[B, H, R, D]`` query vectors of the rows (post-RoPE) when ``qk_positions`` was given.
         k: ``[B, Hkv, R', D]`` key vectors at ``k_positions`` (``[B, R']``, -1 pad; ``k_valid``).
+        reduced: ``None``, ``"heads"`` or ``"mean"`` (``Capture.reduce``).
+    Everything is float32 (q and k too, whatever the model's dtype).
     """
 
     name: str
@@ -207,10 +226,16 @@ class AttnCapture:
     k: Optional[torch.Tensor] = None
     k_positions: Optional[torch.Tensor] = None
     k_valid: Optional[torch.Tensor] = None
+    reduced: Optional[str] = None
 
     def sample(self, b: int) -> torch.Tensor:
-        """Probabilities of sample ``b``'s valid rows: ``[H, r_b, K]``."""
-        return self.probs[b][:, self.row_valid[b]]
+        """Probabilities of sample ``b``'s valid rows: ``[H, r_b, K]`` (``[r_b, K]`` for
+        ``reduced="heads"``, ``[K]`` for ``"mean"``)."""
+        if self.reduced == "mean":
+            return self.probs[b]
+        if self.reduced == "heads":
+            return self.probs[b][self.row_valid[b].to(self.probs.device)]
+        return self.probs[b][:, self.row_valid[b].to(self.probs.device)]
 
 
 @dataclass
@@ -417,6 +442,10 @@ class _Session:
                 qk = self._rows(op.qk_positions, what + " qk_positions") if op.qk_positions is not None else None
                 name = op.name or (op.rows if isinstance(op.rows, str) else "rows")
                 _steps(op.steps, what)
+                if op.reduce not in REDUCES:
+                    raise ValueError(f"{what}: reduce={op.reduce!r}; use None, 'heads' or 'mean'")
+                if op.offload not in OFFLOADS:
+                    raise ValueError(f"{what}: offload={op.offload!r}; use None or 'cpu'")
                 for l in _layer_list(op.layers, n, what):
                     self.caps[l].append((op, name, rows, qk))
             elif isinstance(op, RowEdit):
@@ -520,7 +549,12 @@ class _Session:
     def _wants(steps, phase):
         return steps == "all" or steps == phase
 
-    def _store(self, rec):
+    def _store(self, rec, offload=None):
+        if offload == "cpu":
+            for f in ("probs", "positions", "row_valid", "q", "k", "k_positions", "k_valid"):
+                v = getattr(rec, f)
+                if isinstance(v, torch.Tensor):
+                    setattr(rec, f, v.to("cpu", non_blocking=True))
         if self.fwd.phase == "prefill":
             self.trace.captures[(rec.name, rec.layer)] = rec
         else:
@@ -581,18 +615,23 @@ class _Session:
         with torch.no_grad():
             for op, name, rows, qk in caps:
                 r = rows.resolve(phase, Q, K, dev)
-                scores = _attn.row_scores(query, key, r.qidx, sc)
-                probs = torch.softmax(scores.masked_fill_(self._allowed(fwd, r, attention_mask, K, keep)[1], neg_inf), -1)
-                if not r.all_valid:
-                    probs = probs.masked_fill_(~r.valid[:, None, :, None], 0.0)
+                blocked = self._allowed(fwd, r, attention_mask, K, keep)[1]
+                if op.reduce is None:
+                    scores = _attn.row_scores(query, key, r.qidx, sc)
+                    probs = torch.softmax(scores.masked_fill_(blocked, neg_inf), -1)
+                    if not r.all_valid:
+                        probs = probs.masked_fill_(~r.valid[:, None, :, None], 0.0)
+                else:
+                    probs = _reduced_probs(query, key, r, blocked, sc, op.reduce)
                 rec = self._record(name, layer, step, probs, r)
-                if qk is not None:
-                    rec.q = _attn.row_queries(query, r.qidx).detach()
+                rec.reduced = op.reduce
+                if qk is not None:  # float32 as documented, whatever the model's dtype
+                    rec.q = _attn.row_queries(query, r.qidx).detach().float()
                     kr = qk.resolve("prefill", K, K, dev) if qk.kind == "fixed" else qk.resolve(phase, Q, K, dev)
                     Hkv = key.shape[1]
-                    rec.k = key.gather(2, kr.pos.clamp(min=0)[:, None, :, None].expand(B, Hkv, kr.pos.shape[1], D)).detach()
+                    rec.k = key.gather(2, kr.pos.clamp(min=0)[:, None, :, None].expand(B, Hkv, kr.pos.shape[1], D)).detach().float()
                     rec.k_positions, rec.k_valid = kr.pos, kr.valid
-                self._store(rec)
+                self._store(rec, op.offload)
                 layer_recs[name] = rec
         for op, rows in edits:
             r = rows.resolve(phase, Q, K, dev)
@@ -643,9 +682,44 @@ class _Session:
             g = self._gamma_for(layer, h.device)
             if g is None:
                 return None
-            h = h * g[:, :, None].to(h.dtype)
+            h = scale_rows(h, g)
             return (h,) + tuple(output[1:]) if isinstance(output, tuple) else h
         return hook
+
+
+def scale_rows(h: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """``h_i <- gamma_i h_i`` (``h [B, L, d]``, ``gamma [B, L]``) computed in float32 and cast back to
+    ``h``'s dtype once. In float16 a scaled state can exceed the largest finite value (65504): it is
+    clamped to the dtype's finite range instead of becoming inf (documented in ``resolve_dtype``)."""
+    out = h.float() * gamma.float()[:, :, None]
+    if h.dtype != torch.float32:
+        fi = torch.finfo(h.dtype)
+        out = out.clamp_(fi.min, fi.max)
+    return out.to(h.dtype)
+
+
+def _reduced_probs(query, key, r: _RowsOnDevice, blocked, scaling: float, reduce: str) -> torch.Tensor:
+    """Softmax rows of ``r`` reduced inside the attention call, ``REDUCE_CHUNK_BYTES`` of scores at a time:
+    ``"heads"`` -> ``[B, R, K]`` (mean over heads), ``"mean"`` -> ``[B, K]`` (mean over heads and the
+    valid rows; 0 for a sample without valid rows). Equal to reducing the full capture afterwards."""
+    B, H = query.shape[:2]
+    K = key.shape[2]
+    R = r.qidx.shape[1]
+    chunk = max(1, min(R, REDUCE_CHUNK_BYTES // max(1, 4 * B * H * K)))
+    valid = r.valid
+    out = torch.zeros(B, K, device=query.device) if reduce == "mean" else torch.empty(B, R, K, device=query.device)
+    for lo in range(0, R, chunk):
+        hi = min(R, lo + chunk)
+        s = _attn.row_scores(query, key, r.qidx[:, lo:hi], scaling)
+        p = torch.softmax(s.masked_fill_(blocked[:, :, lo:hi], float("-inf")), -1)
+        p = p.masked_fill_(~valid[:, None, lo:hi, None], 0.0).mean(1)       # [B, c, K], heads averaged
+        if reduce == "mean":
+            out += p.sum(1)
+        else:
+            out[:, lo:hi] = p
+    if reduce == "mean":
+        out /= valid.sum(1).clamp(min=1)[:, None].to(out.dtype)
+    return out
 
 
 # =========================================================================== the context manager

@@ -54,8 +54,10 @@ CONFIGS = {
 }
 
 
-def _device():
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def _device(device: str = "auto"):
+    from .models.base import resolve_device
+
+    return resolve_device(device)
 
 
 def build(cfg: dict, device, dtype, seed: int = 0):
@@ -165,11 +167,17 @@ def _quiet_stderr():
 def _peak(model, inputs, layout, plan, impl, device) -> int:
     """Activation peak (bytes above what was allocated before the forward)."""
     _set(model, impl)
+    return _peak_fn(lambda: _run(model, inputs, layout, plan, impl), device)
+
+
+def _peak_fn(fn, device) -> int:
+    """Activation peak of ``fn()`` (bytes above what was allocated before it): CUDA
+    ``max_memory_allocated``, or on CPU the profiler's allocator events replayed in time order."""
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        out = _run(model, inputs, layout, plan, impl)
+        out = fn()
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - base
         del out
@@ -177,7 +185,7 @@ def _peak(model, inputs, layout, plan, impl, device) -> int:
     from torch.profiler import ProfilerActivity, profile
 
     with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        out = _run(model, inputs, layout, plan, impl)
+        out = fn()
         del out
     events = []
 
@@ -232,14 +240,14 @@ def bench_config(name: str, cfg: dict, repeats: int, device, dtype) -> dict:
     return res
 
 
-def run_bench(quick: bool = False, repeats: Optional[int] = None) -> dict:
+def run_bench(quick: bool = False, repeats: Optional[int] = None, device: str = "auto") -> dict:
     """Measure overhead ratios (median over repeats) and activation-peak memory ratios.
 
     ``quick=True``: the small config only, 2 repeats (for a test that the bench runs).
     Returns ``{"ratios": {config: {variant: ratio}}, "peak_memory_ratio": {config: {...}},
     "config": {...}, "ms": {...}, "peak_bytes": {...}}`` plus ``"cpu_time_ratios"`` on CPU.
     """
-    device = _device()
+    device = _device(device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     reps = repeats or (2 if quick else 5)
     names = ["small"] if quick else ["small", "mid"]
@@ -283,10 +291,19 @@ def format_table(res: dict) -> str:
     return "\n".join(lines)
 
 
-def main_bench(json_path: Optional[str] = None, quick: bool = False) -> dict:
-    """Run the benchmark, print the table, optionally write JSON. Returns the result dict."""
-    res = run_bench(quick=quick)
-    print(format_table(res))
+def main_bench(json_path: Optional[str] = None, quick: bool = False, methods: bool = False,
+               device: str = "auto", repeats: Optional[int] = None) -> dict:
+    """Run the benchmark (mechanisms, or ``methods=True``: method-level cost, ``bench_methods``), print the
+    table, optionally write JSON. ``quick``: emolens-tiny / the small config only. Returns the result dict."""
+    if methods:
+        from .bench_methods import format_methods, run_methods
+
+        res = run_methods(models=("tiny",) if quick else ("tiny", "mid"), repeats=repeats or (1 if quick else 3),
+                          device=device)
+        print(format_methods(res))
+    else:
+        res = run_bench(quick=quick, repeats=repeats, device=device)
+        print(format_table(res))
     if json_path:
         from pathlib import Path
 

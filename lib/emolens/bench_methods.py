@@ -1,0 +1,247 @@
+"""Method-level cost (``emolens bench --methods``): every method's end-to-end cost as a ratio to
+zero-shot, measured side by side (interleaved rounds) in one run (issue 13).
+
+Models:
+
+* ``tiny``: the shipped emolens-tiny (hidden 128, 8 layers, ~100 tokens, 64 visual);
+* ``mid``: the emolens-tiny architecture, random-initialised at hidden 1024, 12 layers (16 / 4 heads,
+  MLP 2816), frames resized so each sample has 4 x 21 x 21 = 1764 visual tokens of ~1870 (the
+  proportions of a real 7B VLM input). Random weights: the cost is what is measured, not accuracy.
+
+Per method (every name in ``methods.registry()``, two compositions, and ``NAME+prune`` for every
+method with a ``prune`` parameter):
+
+* ``prefill_ratio``: ``predict`` with ``answer=logits`` (all the forwards a method makes to read its
+  answer: SEPM's two stages, NTS's one) over ``t(zero-shot)`` measured in the same round; median
+  over rounds; methods' order rotates per round.
+* ``ratio``: the same with ``answer=generate`` (``max_new_tokens`` greedy steps; EOS may stop a
+  method early, so this mixes decode lengths: ``decode_steps`` is reported).
+* ``limit``: the FLOPs ratio the processed token counts imply, from the prefill run: every decoder
+  layer call on ``n`` tokens costs ``2 n P_layer + 2 n^2 d`` (weights, causal attention), counted
+  with a forward hook on each decoder layer, over zero-shot's count. Mask mode's limit is its number
+  of full forwards; physical pruning lowers it (``l/L + (1 - l/L) kept`` per forward).
+* ``efficiency``: ``prefill_ratio / limit`` (1 = the method costs exactly what its token counts imply).
+* ``peak_memory_ratio``: activation peak of the prefill run over zero-shot's (``bench._peak``'s method:
+  CUDA max_memory_allocated or CPU profiler allocator events).
+
+``prune_equivalence_max_abs_logit_diff``: the largest |logit difference| between ``prune=true`` and
+mask mode, over NTS / WETR / SparseVLM answer logits and SEPM's option probabilities, on both models.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Optional
+
+import numpy as np
+import torch
+
+from . import attention as A
+
+MID = dict(hidden_size=1024, num_hidden_layers=12, num_attention_heads=16, num_key_value_heads=4, head_dim=64,
+           intermediate_size=2816, max_position_embeddings=4096)
+MID_IMAGE = 168          # 8-px patches: 21 x 21 per frame, 4 frames -> 1764 visual tokens
+COMPOSITIONS = ("sepm+wetr", "ar+nts")
+
+
+def _lm_tiny(device, dtype):
+    from .models import load_model
+
+    return load_model("emolens-tiny", device=str(device), dtype=dtype)
+
+
+def _lm_mid(device, dtype, seed: int = 0):
+    """The mid-size bench model: emolens-tiny's architecture and processor at 7B-input proportions."""
+    from .models import load_model
+    from .models.base import LoadedModel
+    from .models.tiny import TinyProcessor, build_model
+
+    tiny = load_model("emolens-tiny", device="cpu", dtype=torch.float32)
+    tok = tiny.processor.tokenizer
+    model = build_model(tok, seed=seed, image_size=MID_IMAGE, vision_encoder=tiny.model.config.vision_encoder, **MID)
+    model = model.to(device=device, dtype=dtype).eval()
+    A.install(model)
+    proc = TinyProcessor(tok, model.config)
+    return LoadedModel(model=model, processor=proc, family="emolens-tiny", device=device, dtype=dtype,
+                       encoder=lambda s, p: proc(s, p, device=device), letter_ids=proc.letter_ids, name="bench-mid")
+
+
+def method_names() -> list:
+    from .methods import registry
+
+    reg = registry()
+    names = sorted(reg)
+    names += [c for c in COMPOSITIONS]
+    names += [f"{n}+prune" for n in sorted(reg) if "prune" in reg[n].PARAMS]
+    return names
+
+
+def make(name: str, **params):
+    from .methods import get_method
+
+    if name.endswith("+prune"):
+        return get_method(name[: -len("+prune")], prune=True, **params)
+    return get_method(name, **params)
+
+
+class _Clock:
+    def __init__(self, device):
+        self.device = device
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.a, self.b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self.a.record()
+        self.t = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.b.record()
+            torch.cuda.synchronize()
+            self.s = self.a.elapsed_time(self.b) / 1e3
+        else:
+            self.s = time.perf_counter() - self.t
+
+
+class _Flops:
+    """Counts ``2 n P + 2 n^2 d`` per decoder-layer call (prefill-sized calls: n > 1)."""
+
+    def __init__(self, model):
+        self.layers = A.decoder_layers(model)
+        cfg = A.text_config(model)
+        self.P = sum(p.numel() for p in self.layers[0].parameters())
+        self.d = int(cfg.num_attention_heads) * int(getattr(cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads))
+        self.total = 0.0
+        self.handles = []
+
+    def __enter__(self):
+        def hook(mod, args, out):
+            h = out[0] if isinstance(out, tuple) else out
+            n, B = h.shape[1], h.shape[0]
+            if n > 1:
+                self.total += B * (2.0 * n * self.P + 2.0 * n * n * self.d)
+        self.handles = [l.register_forward_hook(hook) for l in self.layers]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+
+
+def bench_model(label: str, lm, samples, task, names, repeats: int, new_tokens: int) -> dict:
+    from .bench import _peak_fn
+
+    device = lm.device
+    methods = {n: (make(n), make(n, answer="generate", max_new_tokens=new_tokens)) for n in names}
+    # warm-up + FLOPs count + decode steps
+    flops, steps = {}, {}
+    for n, (m, g) in methods.items():
+        with torch.no_grad(), _Flops(lm.model) as f:
+            m.predict(lm, samples, task)
+        flops[n] = f.total
+        with torch.no_grad():
+            preds = g.predict(lm, samples, task)
+        steps[n] = float(np.mean([len((p.generated or "").split()) for p in preds]))
+    pre = {n: [] for n in names}
+    tot = {n: [] for n in names}
+    for r in range(repeats):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for n in order:
+            m, g = methods[n]
+            with torch.no_grad(), _Clock(device) as c:
+                m.predict(lm, samples, task)
+            pre[n].append(c.s)
+            with torch.no_grad(), _Clock(device) as c:
+                g.predict(lm, samples, task)
+            tot[n].append(c.s)
+    z = "zero-shot"
+    peaks = {n: _peak_fn(lambda _m=methods[n][0]: _m.predict(lm, samples, task), device) for n in names}
+    out = {}
+    for n in names:
+        pr = statistics.median(a / b for a, b in zip(pre[n], pre[z]))
+        tr = statistics.median(a / b for a, b in zip(tot[n], tot[z]))
+        lim = flops[n] / flops[z]
+        out[n] = {"ratio": round(tr, 4), "prefill_ratio": round(pr, 4), "limit": round(lim, 4),
+                  "efficiency": round(pr / lim, 4), "peak_memory_ratio": round(peaks[n] / max(1, peaks[z]), 4),
+                  "prefill_ms": round(1e3 * statistics.median(pre[n]), 2),
+                  "total_ms": round(1e3 * statistics.median(tot[n]), 2),
+                  "peak_mib": round(peaks[n] / 2**20, 2), "generated_words": steps[n]}
+    return out
+
+
+def prune_equivalence(lm, samples, task) -> float:
+    """max |prune=true - mask mode| over NTS / WETR / SparseVLM answer logits and SEPM's option probs."""
+    from .intervene import Plan
+    from .methods.common import fine_prompts, forward_logits
+    from .prune import Prune
+
+    worst = 0.0
+    for n in ("nts", "wetr", "sparsevlm"):
+        m = make(n)
+        if n == "sparsevlm":
+            batch = lm.encode(samples, fine_prompts(samples, task))
+            ops = m.ops_for(lm, batch, samples)
+        else:
+            batch = lm.encode(samples, m.prompts(samples, task))
+            ops = m.plan_for(lm, batch, samples).ops
+        a, _ = forward_logits(lm, batch, Plan(list(ops)))
+        b, _ = forward_logits(lm, batch, Plan(list(ops) + [Prune()]))
+        worst = max(worst, float((a.float() - b.float()).abs().max()))
+    p0, p1 = make("sepm").predict(lm, samples, task), make("sepm+prune").predict(lm, samples, task)
+    for x, y in zip(p0, p1):
+        worst = max([worst] + [abs(x.option_probs[k] - y.option_probs[k]) for k in x.option_probs])
+    return worst
+
+
+def run_methods(models=("tiny", "mid"), repeats: int = 3, batch: int = 2, new_tokens: int = 8,
+                device: str = "auto", only: Optional[list] = None) -> dict:
+    from .data import load_dataset
+    from .methods import Task
+    from .models.base import resolve_device
+
+    dev = resolve_device(device)
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    ds = load_dataset("world-mer", limit=batch)
+    samples, task = [ds[i] for i in range(len(ds))], Task.from_dataset(ds)
+    names = only or method_names()
+    if "zero-shot" not in names:
+        names = ["zero-shot"] + list(names)
+    res = {"methods": {}, "by_model": {}, "prune_equivalence_max_abs_logit_diff": 0.0,
+           "config": {"device": str(dev), "dtype": str(dtype).replace("torch.", ""), "repeats": repeats,
+                      "batch": batch, "dataset": "world-mer", "max_new_tokens": new_tokens,
+                      "torch": torch.__version__, "threads": torch.get_num_threads(), "models": {},
+                      "timing": ("CUDA events" if dev.type == "cuda" else "wall clock (perf_counter)")
+                      + "; median over rounds of t(method)/t(zero-shot), methods interleaved per round",
+                      "limit": "FLOPs 2nP + 2n^2 d per decoder-layer call from the processed token counts"}}
+    for label in models:
+        lm = _lm_tiny(dev, dtype) if label == "tiny" else _lm_mid(dev, dtype)
+        from .methods.common import fine_prompts
+
+        lay = lm.encode(samples[:1], fine_prompts(samples[:1], task)).layouts[0]
+        cfg = A.text_config(lm.model)
+        res["config"]["models"][label] = {"hidden": cfg.hidden_size, "layers": cfg.num_hidden_layers,
+                                          "heads": cfg.num_attention_heads, "kv_heads": cfg.num_key_value_heads,
+                                          "tokens": int(lay.seq_len), "visual": int(lay.visual.size)}
+        res["by_model"][label] = bench_model(label, lm, samples, task, names, repeats, new_tokens)
+        res["prune_equivalence_max_abs_logit_diff"] = max(res["prune_equivalence_max_abs_logit_diff"],
+                                                          prune_equivalence(lm, samples, task))
+        del lm
+    # the headline table: the largest model measured
+    res["methods"] = res["by_model"][models[-1]]
+    return res
+
+
+def format_methods(res: dict) -> str:
+    lines = []
+    for label, rows in res["by_model"].items():
+        c = res["config"]["models"][label]
+        lines.append(f"[{label}] hidden {c['hidden']}, {c['layers']} layers, {c['tokens']} tokens "
+                     f"({c['visual']} visual); {res['config']['device']} {res['config']['dtype']}")
+        lines.append(f"  {'method':<22}{'prefill':>9}{'total':>9}{'limit':>8}{'effic.':>8}{'peak mem':>10}")
+        for n, r in rows.items():
+            lines.append(f"  {n:<22}{r['prefill_ratio']:>9.3f}{r['ratio']:>9.3f}{r['limit']:>8.3f}"
+                         f"{r['efficiency']:>8.3f}{r['peak_memory_ratio']:>10.3f}")
+    lines.append(f"prune_equivalence_max_abs_logit_diff: {res['prune_equivalence_max_abs_logit_diff']:.2e}")
+    return "\n".join(lines)

@@ -208,3 +208,43 @@ def test_shuffle_options_is_seeded_per_sample(lm):
         assert p["label"] == {f"{k}": v for k, v in zip(
             [x[0] for x in p["prompt"].split("? ")[1].split(" Answer")[0].split(" ")[::2]],
             p["prompt"].split("? ")[1].split(" Answer")[0].split(" ")[1::2])}[p["letter"]]
+
+
+# ------------------------------------------------------------------ 9. verdict rules
+def _verdicts():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("verdicts", Path(__file__).resolve().parents[1] / "benchmarks" / "verdicts.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _res(gold, pred, name="m"):
+    return {"predictions": [{"gold": g, "label": p} for g, p in zip(gold, pred)], "config": {"method": {"method": name}}}
+
+
+def test_verdict_rules_on_synthetic_paired_data():
+    V = _verdicts()
+    rng = np.random.default_rng(0)
+    n = 1000
+    gold = list(rng.integers(0, 4, n))
+    base = [g if rng.random() < 0.5 else (g + 1) % 4 for g in gold]
+    better = [g if (b == g or rng.random() < 0.3) else b for g, b in zip(gold, base)]   # +~15 points
+    same = [g if rng.random() < 0.5 else (g + 1) % 4 for g in gold]                     # ~0 points
+    holds = V.compare(_res(gold, better), _res(gold, base))
+    rev = V.compare(_res(gold, base), _res(gold, better))
+    unres = V.compare(_res(gold, same), _res(gold, base))
+    assert holds["verdict"] == "holds" and holds["ci"][0] > 0
+    assert rev["verdict"] == "reversed" and rev["ci"][1] < 0
+    assert unres["verdict"] == "unresolved" and unres["ci"][0] <= 0 <= unres["ci"][1]
+    assert V.combine([holds, holds]) == "reproduced"
+    assert V.combine([holds, unres]) == "unresolved"
+    assert V.combine([holds, unres, rev]) == "not reproduced"
+    assert V.combine([]) == "unresolved"
+    assert V.judge(-0.1, -0.2, -0.05, direction=-1) == "holds"
+    d = V.diff_of_diffs(_res(gold, better), _res(gold, base), _res(gold, base), _res(gold, base), "war", "x", direction=+1)
+    assert d["verdict"] == "holds"
+    txt = V.pct(_res(gold, better))
+    assert "[" in txt and "]" in txt                                     # a CI next to every number

@@ -229,12 +229,12 @@ class AttnCapture:
     reduced: Optional[str] = None
 
     def sample(self, b: int) -> torch.Tensor:
-        """Probabilities of sample ``b``'s valid rows: ``[H, r_b, K]`` (``[r_b, K]`` for
-        ``reduced="heads"``, ``[K]`` for ``"mean"``)."""
+        """Probabilities of sample ``b``'s valid rows: ``[H, r_b, K]`` (``[1, r_b, K]`` for
+        ``reduced="heads"``: one, already head-averaged, head; ``[K]`` for ``"mean"``)."""
         if self.reduced == "mean":
             return self.probs[b]
         if self.reduced == "heads":
-            return self.probs[b][self.row_valid[b].to(self.probs.device)]
+            return self.probs[b][self.row_valid[b].to(self.probs.device)][None]
         return self.probs[b][:, self.row_valid[b].to(self.probs.device)]
 
 

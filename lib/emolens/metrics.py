@@ -43,7 +43,7 @@ __all__ = [
     "deletion_drop", "matched_random_mask", "error_propagation", "swap_selection_noise",
     "confidence_variance", "confidence_from_logits",
     "emer_set_scores",
-    "bootstrap_ci", "paired_bootstrap_delta", "METRICS",
+    "bootstrap_ci", "bootstrap_stat", "paired_bootstrap_delta", "METRICS",
 ]
 
 ACC2_CONVENTIONS = ("non-negative", "non-zero", "non-positive")
@@ -784,6 +784,23 @@ def bootstrap_ci(y_true: Any, y_pred: Any, metric: Union[str, Callable] = "war",
     vals = np.array([fn(t[i], p[i]) for i in idx], dtype=np.float64)
     lo, hi = np.percentile(vals, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return est, float(lo), float(hi)
+
+
+def bootstrap_stat(stat: Callable[[np.ndarray], float], N: int, n: int = 1000, seed: Any = 0,
+                   alpha: float = 0.05) -> Tuple[float, float, float]:
+    """Bootstrap of any statistic of N paired samples: ``stat(idx)`` is evaluated on the full index
+    set and on ``n`` resampled index sets (with replacement; the same indices for every system inside
+    ``stat``, so comparisons are paired). Returns ``(value, lo, hi)``, the (alpha/2, 1 - alpha/2)
+    percentiles. Used for differences of differences (WETR Table 5, Fig. 6) and group contrasts."""
+    if N <= 0:
+        raise ValueError("bootstrap_stat needs at least one sample")
+    full = float(stat(np.arange(N)))
+    vals = np.array([stat(i) for i in _boot_indices(N, n, seed)], dtype=np.float64)
+    vals = vals[np.isfinite(vals)]
+    if vals.size == 0:
+        return full, float("nan"), float("nan")
+    lo, hi = np.percentile(vals, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return full, float(lo), float(hi)
 
 
 def paired_bootstrap_delta(y_true: Any, pred_a: Any, pred_b: Any, metric: Union[str, Callable] = "war",

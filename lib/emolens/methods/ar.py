@@ -348,6 +348,15 @@ class _GroupsMixin:
                 needs.append(mod)
         self.needs = tuple(needs)
 
+    def predict(self, lm, samples, task: Task):
+        """One forward of the plain fine query under this method's ops (``ops_for``), answers in the
+        method's answer mode, records from ``predictions_from``."""
+        p = self.params
+        prompts = fine_prompts(samples, task, contrastive=p["prompt_spans"])
+        batch = lm.encode(samples, prompts)
+        answers, trace, _ = run(lm, samples, prompts, Plan(self.ops_for(lm, batch)), batch=batch, params=p)
+        return self.predictions_from(answers, trace, batch, batch.generated)
+
     def check_data(self, modalities: Sequence[str]) -> None:
         have = [str(m) for m in modalities]
         for g, k in zip(self._groups(), self._group_params):
@@ -433,12 +442,6 @@ class AR(_GroupsMixin, Method):
     def predictions_from(self, answers, trace, batch, texts=None) -> list:
         return to_predictions(answers, self._extras(trace, len(batch.layouts), self._n_layers), texts)
 
-    def predict(self, lm, samples, task: Task):
-        p = self.params
-        prompts = fine_prompts(samples, task, contrastive=p["prompt_spans"])
-        batch = lm.encode(samples, prompts)
-        answers, trace, _ = run(lm, samples, prompts, Plan(self.ops_for(lm, batch)), batch=batch, params=p)
-        return self.predictions_from(answers, trace, batch, batch.generated)
 
 
 # =========================================================================== PAI
@@ -507,12 +510,6 @@ class PAI(_GroupsMixin, Method):
                   for b in range(len(batch.layouts))]
         return to_predictions(answers, extras, texts)
 
-    def predict(self, lm, samples, task: Task):
-        p = self.params
-        prompts = fine_prompts(samples, task, contrastive=p["prompt_spans"])
-        batch = lm.encode(samples, prompts)
-        answers, trace, _ = run(lm, samples, prompts, Plan(self.ops_for(lm, batch)), batch=batch, params=p)
-        return self.predictions_from(answers, trace, batch, batch.generated)
 
 
 # =========================================================================== the Sec. 4 analysis

@@ -160,7 +160,7 @@ def test_reduced_capture_equals_full_capture_reduced_after(monkeypatch):
 
     for b in range(B):
         np.testing.assert_allclose(mean.sample(b).numpy(), span_attention(full.sample(b)), **tolerances(torch.float32))
-        assert heads.sample(b).shape == (int(full.row_valid[b].sum()), K)
+        assert heads.sample(b).shape == (1, int(full.row_valid[b].sum()), K)
     assert not bool(ref.isnan().any()) and (mean.probs.sum(-1) > 0).all()
     with pytest.raises(ValueError, match="reduce='max'; use None, 'heads' or 'mean'"):
         with intervene(lm.model, batch.layouts, [Capture(layers=[2], rows="visual", reduce="max")]):

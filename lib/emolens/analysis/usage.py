@@ -16,6 +16,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from .cpu import to_cpu
+
 GROUPS = ("visual", "audio", "content", "instruction")
 
 
@@ -23,18 +25,19 @@ def answer_attention(lm, samples: Sequence, prompts: Sequence, layers="all", pla
     """Attention rows at each sample's answer position for every requested layer.
 
     Returns ``(batch, rows, logits)`` where ``rows[l]`` is ``[B, H, K]`` float32 probabilities of the
-    answer row at layer ``l`` (head-resolved) and ``logits`` is ``[B, V]``.
+    answer row at layer ``l`` (head-resolved) and ``logits`` is ``[B, V]`` float32, both on the CPU
+    (captures are moved there as they are made).
     ``plan_ops`` adds other plan ops (e.g. a method's KeyMask) so usage can be compared under a method.
     """
     from ..answers import answer_logits
     from ..intervene import Capture, Plan, intervene
 
     batch = lm.encode(samples, prompts)
-    ops = [Capture(layers=layers, rows="answer", name="answer")] + list(plan_ops or [])
+    ops = [Capture(layers=layers, rows="answer", name="answer", offload="cpu")] + list(plan_ops or [])
     with intervene(lm.model, batch.layouts, Plan(ops)) as trace:
         logits = answer_logits(lm.model, batch)
     rows = {l: c.probs[:, :, 0] for (n, l), c in trace.captures.items() if n == "answer"}
-    return batch, dict(sorted(rows.items())), logits
+    return batch, dict(sorted(rows.items())), to_cpu(logits, float32=True)
 
 
 def group_mass(row: np.ndarray, layout, groups: Sequence[str] = GROUPS) -> dict:
@@ -96,13 +99,14 @@ def method_attention(lm, samples: Sequence, prompts: Sequence, method=None, laye
 
     ``method`` is None (the frozen model) or an NTS-family method (nts, str, wetr, ...) whose
     ``forward`` accepts extra plan ops. Returns ``(batch, captures, logits)`` where
-    ``captures[(row_name, layer)]`` is an :class:`~emolens.intervene.AttnCapture`.
+    ``captures[(row_name, layer)]`` is an :class:`~emolens.intervene.AttnCapture`; everything is on the
+    CPU (logits float32).
     """
     from ..answers import answer_logits
     from ..intervene import Capture, Plan, intervene
 
     batch = lm.encode(samples, prompts)
-    ops = [Capture(layers=layers, rows=r, name=f"usage:{r}") for r in rows]
+    ops = [Capture(layers=layers, rows=r, name=f"usage:{r}", offload="cpu") for r in rows]
     if method is None:
         with intervene(lm.model, batch.layouts, Plan(ops)) as trace:
             logits = answer_logits(lm.model, batch)
@@ -111,4 +115,4 @@ def method_attention(lm, samples: Sequence, prompts: Sequence, method=None, laye
             raise ValueError(f"method {method.name!r} has no single-forward plan; use nts, str, wetr or a selection baseline")
         logits, trace = method.forward(lm, batch, samples, extra_ops=ops, keep_captures=False)
     caps = {(n.split(":", 1)[1], l): c for (n, l), c in trace.captures.items() if n.startswith("usage:")}
-    return batch, caps, logits
+    return batch, caps, to_cpu(logits, float32=True)

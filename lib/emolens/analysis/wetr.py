@@ -20,6 +20,7 @@ from ..answers import answer_logits, read_answers
 from ..intervene import KeyMask, Plan, intervene
 from ..methods.nts import (contrastive_utility, cross_modal_support, selection_mask, selection_score,
                           span_attention, top_p, normalize_scores)
+from .cpu import to_cpu
 from .usage import GROUPS
 
 
@@ -66,10 +67,11 @@ def layout_runs(tokens):
 
 
 def capture_rows(trace, name: str, layer: int, b: int = 0):
-    """Sample ``b``'s captured attention rows: ``(probs [H, r, K] float64 torch, positions [r] int64)``."""
+    """Sample ``b``'s captured attention rows on the CPU: ``(probs [H, r, K] float64 torch, positions [r]
+    int64)`` (``[1, r, K]`` for a head-reduced capture, ``Capture(reduce="heads")``)."""
     cap = trace.get(name, layer)
-    valid = cap.row_valid[b]
-    return cap.probs[b][:, valid].double(), cap.positions[b][valid].cpu().numpy()
+    valid = cap.row_valid[b].cpu()
+    return to_cpu(cap.sample(b)).double(), cap.positions[b].cpu()[valid].numpy()
 
 
 def capture_qk(trace, layer: int, b: int = 0, name: str = "vc"):
@@ -83,7 +85,7 @@ def capture_qk(trace, layer: int, b: int = 0, name: str = "vc"):
     kpos = cap.k_positions[b][cap.k_valid[b]].cpu().numpy()
     if not np.array_equal(pos, kpos):
         raise ValueError("q and k were captured at different positions")
-    return cap.q[b][:, : pos.size].double(), cap.k[b][:, : kpos.size].double(), pos
+    return to_cpu(cap.q[b][:, : pos.size]).double(), to_cpu(cap.k[b][:, : kpos.size]).double(), pos
 
 
 def nts_scores(trace, layout, layer: int, b: int = 0, *, norm: str = "minmax", cross_modal: bool = True) -> dict:
@@ -134,7 +136,7 @@ def alpha_matrix(q, k, src, tgt, scaling: Optional[float] = None) -> np.ndarray:
     tgt = torch.as_tensor(np.asarray(tgt, np.int64).reshape(-1))
     kk = k[:, tgt].repeat_interleave(G, dim=0)                      # [H, T, D]
     sc = D ** -0.5 if scaling is None else float(scaling)
-    return torch.softmax(torch.einsum("hsd,htd->hst", q[:, src], kk) * sc, dim=-1).numpy()
+    return torch.softmax(torch.einsum("hsd,htd->hst", q[:, src], kk) * sc, dim=-1).cpu().numpy()
 
 
 def layer_output(lm, batch, samples, method, layer: int) -> tuple:

@@ -25,7 +25,7 @@ LOCAL = [n for n in MANIFESTS if data.load_manifest(n).kind == "local"]
 # ==============================================================================================
 def test_manifest_folder_is_found_and_holds_the_benchmarks(monkeypatch):
     monkeypatch.delenv("EMOLENS_MANIFESTS", raising=False)
-    assert data.manifests_dir() == Path(data.__file__).resolve().parents[2] / "data_manifests"
+    assert data.manifests_dir() == Path(data.__file__).resolve().parents[3] / "data_manifests"  # lib/emolens/data/__init__.py
     names = data.list_manifests()
     for name in ["mer2023", "mafw", "ch-sims", "dfew", "emoset", "emotion6", "webemo-7", "webemo-25",
                  "abstract", "ca-mer", "emer"]:

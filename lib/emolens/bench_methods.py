@@ -245,3 +245,22 @@ def format_methods(res: dict) -> str:
                          f"{r['efficiency']:>8.3f}{r['peak_memory_ratio']:>10.3f}")
     lines.append(f"prune_equivalence_max_abs_logit_diff: {res['prune_equivalence_max_abs_logit_diff']:.2e}")
     return "\n".join(lines)
+
+
+def markdown_methods(res: dict, targets: Optional[dict] = None) -> str:
+    """The README table from a ``bench --methods`` JSON (one table per model, config line first)."""
+    out = []
+    cfg = res["config"]
+    for label, rows in res["by_model"].items():
+        c = cfg["models"][label]
+        out.append(f"**{label}**: hidden {c['hidden']}, {c['layers']} layers, {c['heads']}/{c['kv_heads']} heads, "
+                   f"{c['tokens']} tokens ({c['visual']} visual), batch {cfg['batch']}, {cfg['device']} {cfg['dtype']}, "
+                   f"{cfg['repeats']} rounds\n")
+        out.append("| method | prefill ratio | total ratio | limit | efficiency | peak memory |")
+        out.append("|---|---:|---:|---:|---:|---:|")
+        for n, r in rows.items():
+            out.append(f"| {n} | {r['prefill_ratio']:.3f} | {r['ratio']:.3f} | {r['limit']:.3f} | "
+                       f"{r['efficiency']:.3f} | {r['peak_memory_ratio']:.3f} |")
+        out.append("")
+    out.append(f"prune_equivalence_max_abs_logit_diff = {res['prune_equivalence_max_abs_logit_diff']:.2e}")
+    return "\n".join(out)

@@ -25,7 +25,15 @@ truncated-video                   a valid MP4 cut to 60% of its bytes -> undecod
 corrupt-image                     an image file overwritten with junk -> undecodable-media
 missing-audio-file                (audio="file") the last row's WAV deleted -> missing-media
 no-audio-track                    the last row's MP4 written without audio -> missing-audio
+duplicate-id                      (id column) the last row reuses the first row's id -> duplicate-id
+bad-split                         (split column) the last row's split is "holdout" -> bad-split
+bad-subset                        (subsets) the last row's subset is "no-such-subset" -> bad-subset
+missing-value                     the last row's label cell is empty -> missing-value
 ================================  ====================================================
+
+The four row-level variants keep the manifest's sizes consistent with what the check counts (a row
+with a bad split counts in no split; a row with a bad subset in no subset), so each plants exactly one
+problem.
 
 Nothing here needs a network or the real data; everything is deterministic.
 """
@@ -44,7 +52,8 @@ import yaml
 from emolens.data import load_manifest
 
 VARIANTS = ("clean", "missing-file", "unknown-label", "bad-score", "unparseable-annotation", "wrong-split-size",
-            "truncated-video", "corrupt-image", "missing-audio-file", "no-audio-track")
+            "truncated-video", "corrupt-image", "missing-audio-file", "no-audio-track",
+            "duplicate-id", "bad-split", "bad-subset", "missing-value")
 
 
 @dataclass
@@ -185,19 +194,38 @@ def build_copy(base: Path, name: str, records: Sequence[Dict[str, Any]], *, vari
         if audio == "file":
             r["audio_path"] = Path(r["path"]).with_suffix(".wav").as_posix()
             write_wav(root / "audio" / r["audio_path"], li)
+    # ---- row-level variants that change what the check counts ---------------------------------
+    t = recs[target]
+    t_where_media = (media_rel / t["path"]).as_posix()
+    line_of = (lambda i: i + 2) if lc["format"] == "csv" else (lambda i: i + 1)
+    t_where_row = f"{lc['annotation']}:{line_of(target)}"
+    needs = {"duplicate-id": ("id", "an id column"), "bad-split": ("split", "a split column"),
+             "missing-value": ("label", "a label column")}
+    if variant in needs and needs[variant][0] not in cols:
+        raise ValueError(f"variant {variant!r} needs a manifest with {needs[variant][1]}; {name} has none")
+    if variant == "bad-subset" and not raw.get("subsets"):
+        raise ValueError(f"variant 'bad-subset' needs a manifest with subsets; {name} has none")
+    if variant == "duplicate-id":
+        t["id"] = recs[0].get("id", Path(recs[0]["path"]).stem)
+    elif variant == "bad-split":
+        t["split_raw"] = "holdout"
+    elif variant == "bad-subset":
+        t["subset"] = "no-such-subset"
+    elif variant == "missing-value":
+        t["label"] = ""
+    if variant in ("duplicate-id", "bad-split", "bad-subset", "missing-value"):
+        planted.append((variant, t_where_row))
+    counted = [r for i, r in enumerate(recs) if not (variant == "bad-split" and i == target)]
     # ---- split sizes (before any row is dropped) ---------------------------------------------
     sizes: Dict[str, int] = {}
-    for r in recs:
+    for r in counted:
         sizes[r["split"]] = sizes.get(r["split"], 0) + 1
     raw["splits"] = {s: sizes.get(s, 0) for s in raw["splits"]}
     for sname, sub in (raw.get("subsets") or {}).items():
         if "where" in sub:
             col, val = next(iter(sub["where"].items()))
-            sub["count"] = sum(1 for r in recs if str(r.get(col)) == str(val))
+            sub["count"] = sum(1 for r in counted if str(r.get(col)) == str(val))
     # ---- variants on the rows ----------------------------------------------------------------
-    t = recs[target]
-    t_where_media = (media_rel / t["path"]).as_posix()
-    line_of = (lambda i: i + 2) if lc["format"] == "csv" else (lambda i: i + 1)
     if variant == "unknown-label":
         t["label"] = "boredom"
         planted.append(("unknown-label", f"{lc['annotation']}:{line_of(target)}"))

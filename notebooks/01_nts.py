@@ -382,7 +382,7 @@ for name in strategies:
 for ll in range(l + 1, lm.num_layers):
     row = trace.get("answer", ll).probs[0, :, 0]
     assert float(row[:, dropped].abs().max()) == 0.0, f"dropped keys attended at layer {ll}"
-    assert torch.allclose(row.sum(-1), torch.ones(row.shape[0]), atol=1e-5)
+    assert torch.allclose(row.sum(-1), torch.ones(row.shape[0], device=row.device), atol=1e-5)
 assert lay.visual.max() < lay.content.min() and float(x_c_raw.max()) == 0.0
 assert all(t["cross_content_max"] == 0.0 for p in res["contrastive (NTS)"]["predictions"] for t in p["extra"]["nts"])
 for pv, dv in dele.groupby("p_v"):

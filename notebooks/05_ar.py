@@ -126,7 +126,7 @@ prompt = fine_prompts([s], task)
 batch, rows, logits = usage.answer_attention(lm, [s], prompt)
 lay = batch.layouts[0]
 rows = {l: r[0] for l, r in rows.items()}                           # layer -> [H, K] answer row
-tok = torch.stack([rows[l].mean(0) for l in mid]).mean(0).numpy()  # heads, then middle layers: [K]
+tok = torch.stack([rows[l].mean(0) for l in mid]).mean(0).cpu().numpy()  # heads, then middle layers: [K]
 group = np.full(tok.size, "instruction", dtype=object)
 group[lay.content] = "subtitle"
 group[lay.visual] = "visual"
@@ -226,7 +226,7 @@ masses = pd.DataFrame([{"when": when, "group": g, "mass": float(x[pos].sum())}
 fig = plots.bars(masses, "group", "mass", hue="when", title=f"layer {l_} head {h_}: attention mass before / after AR")
 plots.save(fig, out_dir, "head_before_after")
 fig = plots.lines(pd.DataFrame({"visual token": np.tile(np.arange(len(tgt)), 2),
-                                "attention": np.concatenate([w[tgt].numpy(), w_new[tgt].numpy()]),
+                                "attention": np.concatenate([w[tgt].cpu().numpy(), w_new[tgt].cpu().numpy()]),
                                 "when": ["before"] * len(tgt) + ["after"] * len(tgt)}),
                   "visual token", "attention", hue="when", title="per-token visual weights: same shape, scaled (Eq. 11)")
 plots.save(fig, out_dir, "head_visual_tokens")
@@ -366,14 +366,14 @@ explorer(explore, tau=[0.0, 0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 3.0])
 for g in (target, source):
     assert np.all((prof["uap"][g] >= 0) & (prof["uap"][g] <= 1 + 1e-9)), g
 assert np.all(prof["uap"][target] + prof["uap"][source] <= 1 + 1e-9)
-u = uap(rows[mid[0]].numpy(), {target: lay.group(target), source: lay.group(source)})
+u = uap(rows[mid[0]].cpu().numpy(), {target: lay.group(target), source: lay.group(source)})
 assert abs(u[target] - prof["uap"][target][i0, mid[0]]) < 1e-4 and abs(u[source] - prof["uap"][source][i0, mid[0]]) < 1e-4
 assert rep["row_sum"] < 1e-9 and rep["eq8"] < 1e-9 and rep["eq9"] < 1e-12, rep
 assert rep["eq10"] < 1e-9 and rep["eq11"] < 1e-9 and rep["share_A"] < 1e-12 and rep["share_V"] < 1e-12, rep
 assert rep["other"] == 0.0 and abs(float(w_new.sum()) - 1) < 1e-6, rep
 assert rep["delta"] > 0 and abs(rep["delta"] - float(d_h)) < 1e-12
 assert same_head and untouched_equal
-assert set(zip(*np.nonzero(info_l["biased"][0, :, 0].numpy()))) == {(h,) for h in heads[(heads["layer"] == l_) & heads["biased"]]["head"]}
+assert set(zip(*np.nonzero(info_l["biased"][0, :, 0].cpu().numpy()))) == {(h,) for h in heads[(heads["layer"] == l_) & heads["biased"]]["head"]}
 fb = forward_checks[forward_checks["biased"]]
 assert len(fb) > 0, "tau_show was chosen so that at least one head is biased"
 assert (fb[["row_sum", "eq8", "eq9", "share_A", "share_V"]] < 1e-5).all().all() and (fb["other"] == 0).all(), fb

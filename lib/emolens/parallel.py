@@ -90,7 +90,14 @@ def process_state(ranks: Optional[Ranks] = None):
         from accelerate import PartialState
     except ImportError:
         raise ValueError(f"data-parallel eval ({r.world} processes) needs accelerate: {EXTRA_HINT}") from None
-    return PartialState()
+    import torch
+
+    # without cpu=True accelerate treats a CPU-only torchrun launch as a single process (accelerate 1.15)
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if state.num_processes != r.world:
+        raise ValueError(f"accelerate sees {state.num_processes} process(es) but WORLD_SIZE={r.world}; "
+                         "launch with torchrun or `accelerate launch --multi_gpu`")
+    return state
 
 
 def rank_file(out, rank: int) -> Path:

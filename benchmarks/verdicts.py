@@ -45,6 +45,10 @@ def run(lm, dataset, method, n, world=None, **params):
         t0 = time.time()
         _CACHE[key] = evaluate(lm, dataset, method, params or None, limit=n, seed=0, progress=False,
                                world=world, batch_size=32)
+        got = _CACHE[key]["config"]["n"]
+        if got < n:
+            raise SystemExit(f"{dataset} test split has {got} samples but --n {n} was asked; enlarge the "
+                             f"manifest's splits.test (the world is generative) or pass --n {got}")
         print(f"  {method:<14} {dataset:<12} {params or ''} {world or ''}: WAR {_CACHE[key]['metrics']['war']:.4f} "
               f"({time.time() - t0:.1f} s)", flush=True)
     return _CACHE[key]

@@ -71,6 +71,8 @@ def test_local_jobs_run_in_parallel_failure_recorded_rerun_skips(tiny_nb, tmp_pa
     assert df.loc[1, "y"] == 1 and df.loc[2, "y"] == 4 and pd.isna(df.loc[3, "y"])
     assert df.loc[1, "pid"] != df.loc[2, "pid"]  # each point in its own kernel
     assert (out / "sweep.png").is_file()
+    page = (out / "index.html").read_text()
+    assert "x=3 is the failing point" in page and "sweep.png" in page
     rec = _points(out)
     assert max(rec[1]["started"], rec[2]["started"]) < min(rec[1]["finished"], rec[2]["finished"]), \
         "with --jobs 2 the first two points should overlap in time"

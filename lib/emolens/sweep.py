@@ -8,7 +8,8 @@
 
 Whatever the executor, a point whose ``results.json`` exists and whose recorded parameters equal the
 requested ones is skipped; a failing point becomes a ``sweep.csv`` row with ``status=failed`` and its
-one-line error while the others go on; ``sweep.csv`` and ``sweep.png`` are written at the end.
+one-line error while the others go on; ``sweep.csv``, ``sweep.png`` and ``index.html``
+(:func:`emolens.report.write_sweep_index`) are written at the end.
 Each point's folder holds the executed notebook, its ``results.json`` and ``sweep_point.json`` (the
 parameters, status, error, seconds).
 """
@@ -254,20 +255,25 @@ def run_sweep(notebook: str, grid: dict, out: str, params: Optional[dict] = None
                   cpus_per_job=cpus_per_job, timeout_min=timeout_min, max_parallel=max_parallel,
                   log_folder=log_folder or outp / "submitit", ray_address=ray_address, cluster=cluster)
         records.update({i: r for (i, _), r in zip(specs, got)})
-    rows = []
+    rows, runs = [], []
     for i, point in enumerate(points):
         rec = records[i]
         row = dict(point)
         res = outp / "_".join(f"{k}-{v}" for k, v in point.items()) / "results.json"
-        if rec["status"] != "failed" and res.is_file():
-            summ = json.loads(res.read_text()).get("summary", {})
-            row.update({k: v for k, v in summ.items() if isinstance(v, (int, float, str, bool))})
+        results = json.loads(res.read_text()) if rec["status"] != "failed" and res.is_file() else {}
+        summ = results.get("summary", {})
+        row.update({k: v for k, v in summ.items() if isinstance(v, (int, float, str, bool))})
         row.update(seconds=rec.get("seconds"), status=rec["status"], error=rec.get("error") or "")
         rows.append(row)
+        runs.append({"notebook": nb.name, "executed": str(res.parent / nb.name), "seconds": rec.get("seconds") or 0,
+                     "error": rec.get("error") or None, "results": results, "params": rec.get("params", {})})
     df = pd.DataFrame(rows)
     outp.mkdir(parents=True, exist_ok=True)
     df.to_csv(outp / "sweep.csv", index=False)
     _sweep_figure(df, keys, outp / "sweep.png")
+    from .report import write_sweep_index
+
+    write_sweep_index(outp, nb, grid, df, runs, params=base)
     return outp / "sweep.csv"
 
 

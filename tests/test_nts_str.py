@@ -20,14 +20,13 @@ import torch
 
 from emolens import prompts as P
 from emolens.answers import answer_logits
-from emolens.evaluate import evaluate, selection_quality
+from emolens.evaluate import evaluate
 from emolens.intervene import AfterLayer, Capture, ResidualScale, intervene
 from emolens.methods import Task, available, get_method
 from emolens.methods.nts import (contrastive_utility, cross_modal_support, keep_count, normalize_scores,
                                  selection_mask, selection_score, span_attention, top_p)
 from emolens.methods.reweight import (anchor_clamp, gate, migration_gamma, normalize, overlap_residual,
                                       reconstruction_error)
-from emolens.metrics import selection_scores
 from emolens.models import load_model
 from emolens.world import EmoWorld
 
@@ -273,29 +272,37 @@ def test_dropped_tokens_have_no_influence_after_the_trigger_layer(lm, data, zero
 
 
 def test_selection_precision_recall_against_ground_truth(lm):
+    """evaluate's selection precision / recall equal sklearn's precision_score / recall_score of the
+    kept visual tokens, read from an independent forward's mask (``trace.decisions["admitted"]``, not
+    the predictions evaluate averages), against the world's ground-truth cue tokens; and they tell
+    NTS's selection from its complement (a wrong selection scores differently)."""
+    from sklearn.metrics import precision_score, recall_score
+
     w = EmoWorld("mer", eps=0.0)
 
     class Listed(list):
         name, labels, valence_groups, modalities = "world-mer", w.labels, w.valence_groups, ("visual", "audio", "text")
 
-    ds = Listed([w.sample("test", i) for i in range(4)])
-    task = Task(labels=w.labels, valence_groups=w.valence_groups)
-    m = get_method("nts")
-    res = evaluate(lm, ds, m, batch_size=4, progress=False)
+    ds = Listed([w.sample("test", i) for i in range(6)])
+    m = get_method("nts", p_v=0.25)
+    res = evaluate(lm, ds, m, batch_size=6, progress=False)
     batch = lm.encode(list(ds), [P.fine_query(w.labels) for _ in ds])
-    rows = []
-    for p, lay in zip(res["predictions"], batch.layouts):
+    _, trace = m.forward(lm, batch, list(ds))
+    adm = trace.decisions["admitted"]
+    prec, rec, prec_comp = [], [], []
+    for b, lay in enumerate(batch.layouts):
+        truth = np.asarray(lay.cue_visual, bool).astype(int)
+        kept = adm[b, lay.visual].astype(int)
+        assert 0 < truth.sum() < truth.size and kept.sum() == math.ceil(0.25 * lay.visual.size)
+        prec.append(precision_score(truth, kept, zero_division=0))
+        rec.append(recall_score(truth, kept, zero_division=0))
+        prec_comp.append(precision_score(truth, 1 - kept, zero_division=0))
+    assert res["selection"]["n"] == len(ds)
+    assert res["selection"]["precision"] == pytest.approx(np.mean(prec), abs=1e-12)
+    assert res["selection"]["recall"] == pytest.approx(np.mean(rec), abs=1e-12)
+    assert abs(np.mean(prec) - np.mean(prec_comp)) > 0.05             # the score separates the two selections
+    for p in res["predictions"]:
         assert "_cue_visual" not in p["extra"]                       # consumed by evaluate, not written out
-        sel = np.zeros(lay.visual.size, bool)
-        sel[p["extra"]["nts"][0]["kept_visual"]] = True
-        rows.append(selection_scores(sel, lay.cue_visual))           # against the layout's ground truth
-    assert res["selection"]["n"] == 4
-    for k in ("precision", "recall"):
-        assert res["selection"][k] == pytest.approx(np.mean([r[k] for r in rows]))
-    # what evaluate reads: Prediction.selected_visual and extra["_cue_visual"] == layout.cue_visual
-    preds = m.predict(lm, list(ds), task)
-    assert [p.extra["_cue_visual"] for p in preds] == [lay.cue_visual.tolist() for lay in batch.layouts]
-    assert selection_quality(preds, list(ds))["precision"] == pytest.approx(res["selection"]["precision"])
 
 
 def test_random_select_is_seeded_per_sample_not_per_batch(lm, data):

@@ -300,8 +300,7 @@ class LayerContext:
         if fl <= self.layer or fl >= self.n_layers:
             raise ValueError(f"mask_keys from an after-layer callback at layer {self.layer} acts on later layers "
                              f"only: use {self.layer + 1} <= from_layer < {self.n_layers} (got {fl})")
-        self._s.dyn_masks.append((fl, self._s.as_rows(keep, torch.bool, "keep", self.device)))
-        self._s.keep_cache.clear()
+        self._s.masks.add_dynamic(fl, self._s.as_rows(keep, torch.bool, "keep", self.device))
 
     def scale_residual(self, gamma, layer: Optional[int] = None) -> None:
         """``h_i <- gamma_i h_i`` on the output of decoder layer ``layer`` (default: this layer)."""
@@ -311,9 +310,7 @@ class LayerContext:
                              f"later layers only: use {self.layer} <= layer < {self.n_layers} (got {lay})")
         if lay not in self._s.hooked:
             raise ValueError(f"layer {lay} has no residual hook; register AfterLayer at a layer <= {lay}")
-        g = self._s.as_rows(gamma, torch.float32, "gamma", self.device)
-        prev = self._s.dyn_scales.get(lay)
-        self._s.dyn_scales[lay] = g if prev is None else prev * g
+        self._s.scales.add_dynamic(lay, self._s.as_rows(gamma, torch.float32, "gamma", self.device))
 
 
 # =========================================================================== the session
@@ -416,7 +413,235 @@ class _Forward:
         self.mask_cache = {}
 
 
+# ------------------------------------------------------------------ one handler per plan kind
+# The session below routes each op to the handler of its kind; a handler validates its ops, keeps
+# their per-layer state and does its part of the attention call (or of the residual hook).
+class _CaptureOps:
+    """``Capture``: records attention rows (and q / k) inside the attention call."""
+
+    def __init__(self, n_layers):
+        self.by_layer = {l: [] for l in range(n_layers)}
+
+    def add(self, session, op, what):
+        rows = session._rows(op.rows, what)
+        qk = session._rows(op.qk_positions, what + " qk_positions") if op.qk_positions is not None else None
+        name = op.name or (op.rows if isinstance(op.rows, str) else "rows")
+        _steps(op.steps, what)
+        if op.reduce not in REDUCES:
+            raise ValueError(f"{what}: reduce={op.reduce!r}; use None, 'heads' or 'mean'")
+        if op.offload not in OFFLOADS:
+            raise ValueError(f"{what}: offload={op.offload!r}; use None or 'cpu'")
+        for l in _layer_list(op.layers, session.n_layers, what):
+            self.by_layer[l].append((op, name, rows, qk))
+
+    def run(self, session, caps, fwd, layer, query, key, attention_mask, keep, sc, layer_recs):
+        B, H, Q, D = query.shape
+        K = key.shape[2]
+        dev = query.device
+        phase, step = fwd.phase, fwd.step
+        neg_inf = float("-inf")
+        with torch.no_grad():
+            for op, name, rows, qk in caps:
+                r = rows.resolve(phase, Q, K, dev)
+                blocked = session._allowed(fwd, r, attention_mask, K, keep)[1]
+                if op.reduce is None:
+                    scores = _attn.row_scores(query, key, r.qidx, sc)
+                    probs = torch.softmax(scores.masked_fill_(blocked, neg_inf), -1)
+                    if not r.all_valid:
+                        probs = probs.masked_fill_(~r.valid[:, None, :, None], 0.0)
+                else:
+                    probs = _reduced_probs(query, key, r, blocked, sc, op.reduce)
+                rec = session._record(name, layer, step, probs, r)
+                rec.reduced = op.reduce
+                if qk is not None:  # float32 as documented, whatever the model's dtype
+                    rec.q = _attn.row_queries(query, r.qidx).detach().float()
+                    kr = qk.resolve("prefill", K, K, dev) if qk.kind == "fixed" else qk.resolve(phase, Q, K, dev)
+                    Hkv = key.shape[1]
+                    rec.k = key.gather(2, kr.pos.clamp(min=0)[:, None, :, None].expand(B, Hkv, kr.pos.shape[1], D)).detach().float()
+                    rec.k_positions, rec.k_valid = kr.pos, kr.valid
+                session._store(rec, op.offload)
+                layer_recs[name] = rec
+
+
+class _KeyMaskOps:
+    """``KeyMask`` (static, from the plan) and ``LayerContext.mask_keys`` (dynamic, from a callback;
+    cleared at each prefill): the combined keep vector per layer and the masked attention call."""
+
+    def __init__(self, session):
+        self.s = session
+        self.static = []   # (from_layer, keep [B, L] bool cpu)
+        self.dynamic = []  # the same, set by AfterLayer callbacks during a forward
+        self.cache = {}
+
+    def add(self, session, op, what):
+        fl = _layer_list([op.from_layer], session.n_layers, what)[0]
+        self.static.append((fl, session.as_rows(op.keep, torch.bool, "keep", "cpu", what)))
+
+    def add_dynamic(self, from_layer, keep):
+        self.dynamic.append((from_layer, keep))
+        self.cache.clear()
+
+    def reset_dynamic(self):
+        self.dynamic = []
+        self.cache.clear()
+
+    def keep_for(self, layer, K, device):
+        """Combined key-keep vector [B, K] for a layer (None when no mask is active)."""
+        active = [i for i, (fl, _) in enumerate(self.static) if fl <= layer]
+        dyn = [i for i, (fl, _) in enumerate(self.dynamic) if fl <= layer]
+        if not active and not dyn:
+            return None
+        key = (tuple(active), tuple(dyn), K, device)
+        got = self.cache.get(key)
+        if got is None:
+            s = self.s
+            keep = None
+            for i in active:
+                m = self.static[i][1].to(device)
+                keep = m if keep is None else keep & m
+            for i in dyn:
+                m = self.dynamic[i][1].to(device)
+                keep = m if keep is None else keep & m
+            if K > s.L:
+                keep = torch.cat([keep, torch.ones(s.B, K - s.L, dtype=torch.bool, device=device)], 1)
+            got = self.cache[key] = keep[:, :K]
+        return got
+
+    def attention(self, fwd, module, query, key, value, attention_mask, scaling, dropout, kwargs, keep):
+        B, _, Q, _ = query.shape
+        K = key.shape[2]
+        if attention_mask is None and Q == K and kwargs.get("sliding_window") is None:
+            ck = ("compact", id(keep))
+            idx = self.cache.get(ck, False)
+            if idx is False:
+                idx = self.cache[ck] = _attn.compact_index(keep)
+            if idx is not None:
+                return _attn.compact_attention(module, query, key, value, idx, scaling, dropout, kwargs)
+        ck = ("full", id(keep), id(attention_mask))
+        mask = fwd.mask_cache.get(ck)
+        if mask is None:
+            mask = fwd.mask_cache[ck] = _attn.full_allowed(attention_mask, B, Q, K, keep)
+        return _attn.sdpa(module, query, key, value, mask, scaling, dropout, kwargs)
+
+
+class _RowEditOps:
+    """``RowEdit``: replaces rows' probabilities (or pre-softmax scores) and their outputs ``P' V``."""
+
+    def __init__(self, n_layers):
+        self.by_layer = {l: [] for l in range(n_layers)}
+
+    def add(self, session, op, what):
+        if op.stage not in STAGES:
+            raise ValueError(f"{what}: stage={op.stage!r}; use 'probs' or 'logits'")
+        if not callable(op.fn):
+            raise ValueError(f"{what}: fn must be callable (probs|scores, ctx) -> same shape")
+        _steps(op.steps, what)
+        rows = session._rows(op.rows, what)
+        for l in _layer_list(op.layers, session.n_layers, what):
+            self.by_layer[l].append((op, rows))
+
+    def run(self, session, edits, fwd, layer, query, key, value, attention_mask, keep, sc, out, layer_recs):
+        Q, K = query.shape[2], key.shape[2]
+        dev = query.device
+        phase, step = fwd.phase, fwd.step
+        neg_inf = float("-inf")
+        for op, rows in edits:
+            r = rows.resolve(phase, Q, K, dev)
+            scores = _attn.row_scores(query, key, r.qidx, sc)
+            allowed, blocked = session._allowed(fwd, r, attention_mask, K, keep)
+            ctx = RowContext(session, layer, step, r.pos, r.valid, allowed, K)
+            if op.stage == "logits":
+                scores = op.fn(scores, ctx)
+                probs = torch.softmax(scores.masked_fill(blocked, neg_inf), dim=-1)
+            else:
+                probs = torch.softmax(scores.masked_fill_(blocked, neg_inf), dim=-1)
+                if not r.all_valid:  # padding rows of R: zeros, not NaN, for the callback
+                    probs = probs.masked_fill_(~r.valid[:, None, :, None], 0.0)
+                probs = op.fn(probs, ctx)
+            o = _attn.rows_output(probs, value).to(out.dtype)            # [B, R, H, D]
+            out[r.bi, r.qi] = o.flatten(0, 1) if r.all_valid else o[r.bi, r.ri]
+            if op.name:
+                if not r.all_valid:
+                    probs = probs.masked_fill(~r.valid[:, None, :, None], 0.0)
+                rec = session._record(op.name, layer, step, probs.detach(), r)
+                session._store(rec)
+                layer_recs[op.name] = rec
+
+
+class _ResidualScaleOps:
+    """``ResidualScale`` (static) and ``LayerContext.scale_residual`` (dynamic, cleared at each prefill):
+    ``h_i <- gamma_i h_i`` by a forward hook on the decoder layer, at the prefill only."""
+
+    def __init__(self, session):
+        self.s = session
+        self.static = {}   # layer -> gamma [B, L] float32 cpu
+        self.dynamic = {}
+        self.hooked = set()
+
+    def add(self, session, op, what):
+        l = _layer_list([op.layer], session.n_layers, what)[0]
+        g = session.as_rows(op.gamma, torch.float32, "gamma", "cpu", what)
+        self.static[l] = g if l not in self.static else self.static[l] * g
+        self.hooked.add(l)
+
+    def add_dynamic(self, layer, g):
+        prev = self.dynamic.get(layer)
+        self.dynamic[layer] = g if prev is None else prev * g
+
+    def gamma_for(self, layer, device):
+        g = self.static.get(layer)
+        d = self.dynamic.get(layer)
+        if g is None and d is None:
+            return None
+        g = g.to(device) if g is not None else None
+        if d is not None:
+            g = d.to(device) if g is None else g * d.to(device)
+        return g
+
+    def make_hook(self, layer):
+        s = self.s
+
+        def hook(module, args, output):
+            fwd = s.fwd
+            if fwd is None or fwd.phase != "prefill":
+                return None
+            h = output[0] if isinstance(output, tuple) else output
+            if not isinstance(h, torch.Tensor) or h.dim() != 3 or h.shape[1] != s.L:
+                return None
+            g = self.gamma_for(layer, h.device)
+            if g is None:
+                return None
+            h = scale_rows(h, g)
+            return (h,) + tuple(output[1:]) if isinstance(output, tuple) else h
+        return hook
+
+
+class _AfterLayerOps:
+    """``AfterLayer``: callbacks right after a layer's attention output (they may mask keys of later
+    layers and scale this or later layers' residual stream, so every later layer is hooked)."""
+
+    def __init__(self, n_layers):
+        self.by_layer = {l: [] for l in range(n_layers)}
+
+    def add(self, session, op, what):
+        n = session.n_layers
+        l = _layer_list([op.layer], n, what)[0]
+        if not callable(op.fn):
+            raise ValueError(f"{what}: fn must be callable (ctx) -> None")
+        _steps(op.steps, what)
+        self.by_layer[l].append(op)
+        session.scales.hooked.update(range(l, n))
+
+    def run(self, session, afters, fwd, layer, K, device, layer_recs):
+        ctx = LayerContext(session, layer, fwd.step, layer_recs, K, device)
+        for op in afters:
+            op.fn(ctx)
+
+
 class _Session:
+    """One ``intervene`` block: the plan's ops sorted to their handlers (one per plan kind), per-forward
+    bookkeeping (prefill / decode step), and the attention call every hooked layer makes."""
+
     def __init__(self, model, layouts, plan: Plan, trace: Trace):
         self.layers = _attn.decoder_layers(model)
         self.n_layers = n = len(self.layers)
@@ -424,54 +649,21 @@ class _Session:
         self.B = len(layouts)
         self.L = layouts[0].seq_len
         self.trace = trace
-        self.caps = {l: [] for l in range(n)}
-        self.edits = {l: [] for l in range(n)}
-        self.afters = {l: [] for l in range(n)}
-        self.static_masks = []   # (from_layer, keep [B, L] bool cpu)
-        self.static_scales = {}  # layer -> gamma [B, L] float32 cpu
-        self.dyn_masks, self.dyn_scales = [], {}
-        self.keep_cache = {}
+        self.captures, self.row_edits, self.after_layer = _CaptureOps(n), _RowEditOps(n), _AfterLayerOps(n)
+        self.masks, self.scales = _KeyMaskOps(self), _ResidualScaleOps(self)
+        handlers = {Capture: self.captures, RowEdit: self.row_edits, KeyMask: self.masks,
+                    ResidualScale: self.scales, AfterLayer: self.after_layer}
+        # what the attention call and prune.py read per layer
+        self.caps, self.edits, self.afters = self.captures.by_layer, self.row_edits.by_layer, self.after_layer.by_layer
+        self.hooked = self.scales.hooked
         self.group_cache = {}
         self.fwd = None
-        self.hooked = set()
         self.hooks = []
         for i, op in enumerate(plan.ops):
-            what = f"{type(op).__name__} (op {i})"
-            if isinstance(op, Capture):
-                rows = self._rows(op.rows, what)
-                qk = self._rows(op.qk_positions, what + " qk_positions") if op.qk_positions is not None else None
-                name = op.name or (op.rows if isinstance(op.rows, str) else "rows")
-                _steps(op.steps, what)
-                if op.reduce not in REDUCES:
-                    raise ValueError(f"{what}: reduce={op.reduce!r}; use None, 'heads' or 'mean'")
-                if op.offload not in OFFLOADS:
-                    raise ValueError(f"{what}: offload={op.offload!r}; use None or 'cpu'")
-                for l in _layer_list(op.layers, n, what):
-                    self.caps[l].append((op, name, rows, qk))
-            elif isinstance(op, RowEdit):
-                if op.stage not in STAGES:
-                    raise ValueError(f"{what}: stage={op.stage!r}; use 'probs' or 'logits'")
-                if not callable(op.fn):
-                    raise ValueError(f"{what}: fn must be callable (probs|scores, ctx) -> same shape")
-                _steps(op.steps, what)
-                rows = self._rows(op.rows, what)
-                for l in _layer_list(op.layers, n, what):
-                    self.edits[l].append((op, rows))
-            elif isinstance(op, KeyMask):
-                fl = _layer_list([op.from_layer], n, what)[0]
-                self.static_masks.append((fl, self.as_rows(op.keep, torch.bool, "keep", "cpu", what)))
-            elif isinstance(op, ResidualScale):
-                l = _layer_list([op.layer], n, what)[0]
-                g = self.as_rows(op.gamma, torch.float32, "gamma", "cpu", what)
-                self.static_scales[l] = g if l not in self.static_scales else self.static_scales[l] * g
-                self.hooked.add(l)
-            elif isinstance(op, AfterLayer):
-                l = _layer_list([op.layer], n, what)[0]
-                if not callable(op.fn):
-                    raise ValueError(f"{what}: fn must be callable (ctx) -> None")
-                _steps(op.steps, what)
-                self.afters[l].append(op)
-                self.hooked.update(range(l, n))
+            for kind, h in handlers.items():
+                if isinstance(op, kind):
+                    h.add(self, op, f"{type(op).__name__} (op {i})")
+                    break
 
     # ------------------------------------------------------------------ helpers
     def _rows(self, spec, what):
@@ -500,24 +692,13 @@ class _Session:
 
     def _keep_for(self, layer, K, device):
         """Combined key-keep vector [B, K] for a layer (None when no mask is active)."""
-        active = [i for i, (fl, _) in enumerate(self.static_masks) if fl <= layer]
-        dyn = [i for i, (fl, _) in enumerate(self.dyn_masks) if fl <= layer]
-        if not active and not dyn:
-            return None
-        key = (tuple(active), tuple(dyn), K, device)
-        got = self.keep_cache.get(key)
-        if got is None:
-            keep = None
-            for i in active:
-                m = self.static_masks[i][1].to(device)
-                keep = m if keep is None else keep & m
-            for i in dyn:
-                m = self.dyn_masks[i][1].to(device)
-                keep = m if keep is None else keep & m
-            if K > self.L:
-                keep = torch.cat([keep, torch.ones(self.B, K - self.L, dtype=torch.bool, device=device)], 1)
-            got = self.keep_cache[key] = keep[:, :K]
-        return got
+        return self.masks.keep_for(layer, K, device)
+
+    def _gamma_for(self, layer, device):
+        return self.scales.gamma_for(layer, device)
+
+    def make_hook(self, layer):
+        return self.scales.make_hook(layer)
 
     # ------------------------------------------------------------------ forward bookkeeping
     def begin_forward(self, B, Q, K):
@@ -529,13 +710,13 @@ class _Session:
                 raise ValueError(f"the model got {Q} tokens per row but the layouts describe {self.L}; build the "
                                  f"layouts from the same padded inputs")
             self.fwd = _Forward("prefill", "prefill", Q, K)
-            self.dyn_masks, self.dyn_scales = [], {}
-            self.keep_cache.clear()
+            self.masks.reset_dynamic()
+            self.scales.dynamic = {}
             self.trace.decode_captures.clear()
         elif K - Q >= self.L:
             step = K - Q - self.L
             if self.fwd is not None and self.fwd.K != K:  # per-length caches: keep them bounded
-                self.keep_cache.clear()
+                self.masks.cache.clear()
                 self.group_cache.clear()
             self.fwd = _Forward("decode", step, Q, K)
             while len(self.trace.decode_captures) <= step:
@@ -560,7 +741,6 @@ class _Session:
         else:
             self.trace.decode_captures[self.fwd.step][(rec.name, rec.layer)] = rec
 
-    # ------------------------------------------------------------------ the attention call
     def _allowed(self, fwd, rows: _RowsOnDevice, attention_mask, K, keep):
         """(allowed, ~allowed) [B, 1, R, K] for these rows, computed once per forward."""
         ck = ("rows", id(rows), id(attention_mask), id(keep), K)
@@ -573,22 +753,7 @@ class _Session:
     def _record(self, name, layer, step, probs, rows: _RowsOnDevice):
         return AttnCapture(name=name, layer=layer, step=step, probs=probs, positions=rows.pos, row_valid=rows.valid)
 
-    def _masked_attention(self, fwd, module, query, key, value, attention_mask, scaling, dropout, kwargs, keep):
-        B, _, Q, _ = query.shape
-        K = key.shape[2]
-        if attention_mask is None and Q == K and kwargs.get("sliding_window") is None:
-            ck = ("compact", id(keep))
-            idx = self.keep_cache.get(ck, False)
-            if idx is False:
-                idx = self.keep_cache[ck] = _attn.compact_index(keep)
-            if idx is not None:
-                return _attn.compact_attention(module, query, key, value, idx, scaling, dropout, kwargs)
-        ck = ("full", id(keep), id(attention_mask))
-        mask = fwd.mask_cache.get(ck)
-        if mask is None:
-            mask = fwd.mask_cache[ck] = _attn.full_allowed(attention_mask, B, Q, K, keep)
-        return _attn.sdpa(module, query, key, value, mask, scaling, dropout, kwargs)
-
+    # ------------------------------------------------------------------ the attention call
     def attend(self, layer, module, query, key, value, attention_mask, scaling, dropout, kwargs):
         B, H, Q, D = query.shape
         K = key.shape[2]
@@ -600,91 +765,23 @@ class _Session:
         edits = [e for e in self.edits[layer] if self._wants(e[0].steps, phase)]
         afters = [a for a in self.afters[layer] if self._wants(a.steps, phase)]
         dev = query.device
-        keep = self._keep_for(layer, K, dev)
+        keep = self.masks.keep_for(layer, K, dev)
         if keep is None and not caps and not edits and not afters:
             return _attn.sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                                 scaling=scaling, **kwargs)
         if keep is None:
             out = _attn.sdpa(module, query, key, value, attention_mask, scaling, dropout, kwargs)
         else:
-            out = self._masked_attention(fwd, module, query, key, value, attention_mask, scaling, dropout, kwargs, keep)
+            out = self.masks.attention(fwd, module, query, key, value, attention_mask, scaling, dropout, kwargs, keep)
         sc = _attn._scaling(module, query, scaling)
-        step = fwd.step
         layer_recs = {}
-        neg_inf = float("-inf")
-        with torch.no_grad():
-            for op, name, rows, qk in caps:
-                r = rows.resolve(phase, Q, K, dev)
-                blocked = self._allowed(fwd, r, attention_mask, K, keep)[1]
-                if op.reduce is None:
-                    scores = _attn.row_scores(query, key, r.qidx, sc)
-                    probs = torch.softmax(scores.masked_fill_(blocked, neg_inf), -1)
-                    if not r.all_valid:
-                        probs = probs.masked_fill_(~r.valid[:, None, :, None], 0.0)
-                else:
-                    probs = _reduced_probs(query, key, r, blocked, sc, op.reduce)
-                rec = self._record(name, layer, step, probs, r)
-                rec.reduced = op.reduce
-                if qk is not None:  # float32 as documented, whatever the model's dtype
-                    rec.q = _attn.row_queries(query, r.qidx).detach().float()
-                    kr = qk.resolve("prefill", K, K, dev) if qk.kind == "fixed" else qk.resolve(phase, Q, K, dev)
-                    Hkv = key.shape[1]
-                    rec.k = key.gather(2, kr.pos.clamp(min=0)[:, None, :, None].expand(B, Hkv, kr.pos.shape[1], D)).detach().float()
-                    rec.k_positions, rec.k_valid = kr.pos, kr.valid
-                self._store(rec, op.offload)
-                layer_recs[name] = rec
-        for op, rows in edits:
-            r = rows.resolve(phase, Q, K, dev)
-            scores = _attn.row_scores(query, key, r.qidx, sc)
-            allowed, blocked = self._allowed(fwd, r, attention_mask, K, keep)
-            ctx = RowContext(self, layer, step, r.pos, r.valid, allowed, K)
-            if op.stage == "logits":
-                scores = op.fn(scores, ctx)
-                probs = torch.softmax(scores.masked_fill(blocked, neg_inf), dim=-1)
-            else:
-                probs = torch.softmax(scores.masked_fill_(blocked, neg_inf), dim=-1)
-                if not r.all_valid:  # padding rows of R: zeros, not NaN, for the callback
-                    probs = probs.masked_fill_(~r.valid[:, None, :, None], 0.0)
-                probs = op.fn(probs, ctx)
-            o = _attn.rows_output(probs, value).to(out.dtype)            # [B, R, H, D]
-            out[r.bi, r.qi] = o.flatten(0, 1) if r.all_valid else o[r.bi, r.ri]
-            if op.name:
-                if not r.all_valid:
-                    probs = probs.masked_fill(~r.valid[:, None, :, None], 0.0)
-                rec = self._record(op.name, layer, step, probs.detach(), r)
-                self._store(rec)
-                layer_recs[op.name] = rec
+        if caps:
+            self.captures.run(self, caps, fwd, layer, query, key, attention_mask, keep, sc, layer_recs)
+        if edits:
+            self.row_edits.run(self, edits, fwd, layer, query, key, value, attention_mask, keep, sc, out, layer_recs)
         if afters:
-            ctx = LayerContext(self, layer, step, layer_recs, K, dev)
-            for op in afters:
-                op.fn(ctx)
+            self.after_layer.run(self, afters, fwd, layer, K, dev, layer_recs)
         return out, None
-
-    # ------------------------------------------------------------------ residual hooks
-    def _gamma_for(self, layer, device):
-        g = self.static_scales.get(layer)
-        d = self.dyn_scales.get(layer)
-        if g is None and d is None:
-            return None
-        g = g.to(device) if g is not None else None
-        if d is not None:
-            g = d.to(device) if g is None else g * d.to(device)
-        return g
-
-    def make_hook(self, layer):
-        def hook(module, args, output):
-            fwd = self.fwd
-            if fwd is None or fwd.phase != "prefill":
-                return None
-            h = output[0] if isinstance(output, tuple) else output
-            if not isinstance(h, torch.Tensor) or h.dim() != 3 or h.shape[1] != self.L:
-                return None
-            g = self._gamma_for(layer, h.device)
-            if g is None:
-                return None
-            h = scale_rows(h, g)
-            return (h,) + tuple(output[1:]) if isinstance(output, tuple) else h
-        return hook
 
 
 def scale_rows(h: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ LAB_DIR ?= notebooks
 LAB_ARGS ?=
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: setup run test test-latest lock bench clean lab notebooks notebooks-sync test-browser
+.PHONY: gpu-wheels gpu-check setup run test test-latest lock bench clean lab notebooks notebooks-sync test-browser
 
 # Installs the exact tested versions: the lock is a pip constraints file (pyproject keeps ranges).
 $(BIN)/emolens: pyproject.toml $(LOCK)
@@ -78,3 +78,11 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) $(LATEST) runs
+
+# The GPU smoke test (tools/gpu_check.sh): gather the wheels the device machine lacks (here, with PyPI),
+# then run it there with .gpu-wheels carried. make test runs its --quick CPU form (tests/test_gpu_check.py).
+gpu-wheels:
+	tools/gpu_check.sh --gather-wheels
+
+gpu-check:
+	tools/gpu_check.sh --device cuda

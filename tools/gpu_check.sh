@@ -24,7 +24,7 @@ NEEDED="papermill nbclient nbformat ipykernel ipywidgets av soundfile jsonschema
 HAVE="accelerate attrs certifi charset-normalizer click contourpy cycler filelock fonttools fsspec hf-xet huggingface-hub
 idna jinja2 joblib kiwisolver markupsafe matplotlib mpmath networkx numpy packaging pandas pillow platformdirs psutil
 pygments pyparsing python-dateutil pyyaml regex requests safetensors scikit-learn scipy seaborn setuptools six sympy
-threadpoolctl tokenizers torch tqdm transformers typing-extensions tzdata urllib3 wheel pyzmq-never"
+threadpoolctl tokenizers torch tqdm transformers typing-extensions tzdata urllib3 wheel"
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -49,15 +49,15 @@ while [ $# -gt 0 ]; do
 done
 
 if [ -z "$PY" ]; then
-  if [ -d "$WHEELS" ] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-    # the device machine: install what it lacks, offline, next to its own torch/transformers
+  if [ -x .venv/bin/python ]; then   # a development checkout (make setup): everything is installed
+    PY=.venv/bin/python
+  elif [ -d "$WHEELS" ] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
+    # the device machine (.venv is not carried): install what it lacks, offline, next to its torch/transformers
     python3 -m venv --system-site-packages /tmp/gpu-check-venv
     PY=/tmp/gpu-check-venv/bin/python
     $PY -m pip install -q --no-index --find-links "$WHEELS" $NEEDED
     $PY -m pip install -q --no-index --no-deps --no-build-isolation -e .
     $PY -m ipykernel install --sys-prefix --name python3 >/dev/null
-  elif [ -x .venv/bin/python ]; then
-    PY=.venv/bin/python
   else
     PY=python3
   fi

@@ -80,6 +80,6 @@ def test_import_checker_sees_relative_and_lazy_imports():
     assert not any(_is_cli(m) for m in _imports(base, "from ..client import x\nimport emolens.clinic\n"))
 
 
-@pytest.mark.parametrize("gone", ["nbhelpers_wetr.py", "nbhelpers_sepm_ar.py", "usage.py", "cli.py", "cli_extra.py"])
+@pytest.mark.parametrize("gone", ["nbhelpers_wetr.py", "nbhelpers_sepm_ar.py", "usage.py", "cli.py", "cli_extra.py", "data.py"])
 def test_replaced_files_are_gone(gone):
     assert not (PKG / gone).exists(), f"lib/emolens/{gone} was replaced by a package; remove it"

@@ -17,6 +17,9 @@ How it acts (see ``attention.py``): the model's text attention is the single ``"
 attention function; ``intervene`` registers a session for each decoder layer's attention module in
 a module-level registry and, for residual-stream edits, forward hooks on decoder layers. Both are
 removed on exit, also when the body raises, so the model afterwards is exactly the stock model.
+Inside, the session hands each plan kind to its own handler (``_CaptureOps``, ``_KeyMaskOps``,
+``_RowEditOps``, ``_ResidualScaleOps``, ``_AfterLayerOps``); the session itself only keeps the
+per-forward bookkeeping (prefill / decode step) and makes the attention call.
 
 Semantics, in one place:
 

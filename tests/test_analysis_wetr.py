@@ -100,6 +100,12 @@ def env():
     return lm, samples, task
 
 
+def load_model_eager():
+    from emolens.models import load_model
+
+    return load_model("emolens-tiny", device="cpu", attn="eager")
+
+
 def test_nts_scores_and_keep_reproduce_the_method(env):
     from emolens.methods import get_method
     from emolens.methods.common import fine_prompts
@@ -117,10 +123,20 @@ def test_nts_scores_and_keep_reproduce_the_method(env):
     vis = runs[runs.group == "visual"].iloc[0]
     assert vis["n"] == batch.layouts[1].visual.size and vis["text"] == f"<image> x {vis['n']}"
     assert runs[runs.span == "q_neg"]["text"].iloc[0].startswith("Note the background")
+    # the independent reference (tests/references.py): eager attention + numpy Eq. 4-6
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from references import eager_attention, ref_nts_scores, ref_topp
+
+    A = eager_attention(load_model_eager(), batch, l)
     for b, lay in enumerate(batch.layouts):
         sc = wetr.nts_scores(trace, lay, l, b)
         assert np.all(sc["cross_c_raw"] == 0.0)                    # causal layout: visual rows cannot see content
+        ref_v, ref_c = ref_nts_scores(A[b], lay, m.params)
+        np.testing.assert_allclose(sc["s_v"], ref_v, atol=1e-5)     # the helper's s_i is Eq. 5 on the real attention
+        np.testing.assert_allclose(sc["s_c"], ref_c, atol=1e-5)
         kp = wetr.nts_keep(lay, sc, 0.1, 0.4)
+        assert kp["kept_visual"].tolist() == lay.visual[ref_topp(ref_v, 0.1, lay.visual.size)].tolist()
         np.testing.assert_array_equal(kp["m"][lay.pad:], trace.decisions["admitted"][b][lay.pad:])
         assert kp["kept_visual"].size == math.ceil(0.1 * lay.visual.size)
 

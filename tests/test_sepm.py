@@ -344,9 +344,25 @@ class _DS:
 
 
 def test_evaluate_reports_selection_of_kept_tokens(lm):
-    res = evaluate(lm, _DS("emoset", 8), "sepm", batch_size=8, progress=False)
+    """evaluate's selection precision / recall equal sklearn's over the kept visual tokens (all but
+    the dropping map R in each prediction) against the world's ground-truth cue tokens (from the
+    layouts, not from the predictions)."""
+    from sklearn.metrics import precision_score, recall_score
+
+    ds = _DS("emoset", 8)
+    res = evaluate(lm, ds, "sepm", batch_size=8, progress=False)
     assert res["selection"]["n"] == 8
-    assert 0.0 <= res["selection"]["precision"] <= 1.0 and res["selection"]["recall"] > 0
+    lays = lm.encode(list(ds), [P.fine_query(ds.labels) for _ in ds]).layouts
+    prec, rec = [], []
+    for p, lay in zip(res["predictions"], lays):
+        truth = np.asarray(lay.cue_visual, bool)
+        kept = np.ones(lay.visual.size, bool)
+        kept[p["extra"]["dropped"]] = False
+        assert 0 < truth.sum() < truth.size and (~kept).sum() == p["extra"]["k"]
+        prec.append(precision_score(truth, kept, zero_division=0))
+        rec.append(recall_score(truth, kept, zero_division=0))
+    assert res["selection"]["precision"] == pytest.approx(np.mean(prec), abs=1e-12)
+    assert res["selection"]["recall"] == pytest.approx(np.mean(rec), abs=1e-12)
     for p in res["predictions"]:
         assert "_cue_visual" not in p["extra"] and len(p["extra"]["dropped"]) == 3
         assert p["extra"]["branch"] in ("positive", "negative", "ambiguous")

@@ -8,8 +8,6 @@ method equals the frozen model's rows.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -38,18 +36,15 @@ def test_group_mass_and_cue_share_hand_cases():
 # =========================================================================== on the embedded model
 @pytest.fixture(scope="module")
 def env():
+    from emolens.data import load_dataset
     from emolens.methods import Task
     from emolens.methods.common import fine_prompts
-    from emolens.models import TINY_DIR, load_model
-    from emolens.world import EmoWorld
+    from emolens.models import load_model
 
-    if not (Path(TINY_DIR) / "config.json").is_file():
-        pytest.skip("the embedded emolens-tiny checkpoint is missing")
-    lm = load_model("emolens-tiny", device="cpu")
-    w = EmoWorld("mer", eps=0.0)
-    samples = [w.sample("test", i) for i in range(3)]
-    task = Task(labels=w.labels, valence_groups=w.valence_groups)
-    return lm, samples, fine_prompts(samples, task, contrastive=True)   # Q_pos/Q_neg spans: NTS needs them
+    ds = load_dataset("world-mer", split="test", limit=3)
+    samples, task = [ds[i] for i in range(len(ds))], Task.from_dataset(ds)
+    # the contrastive prompt carries the Q_pos/Q_neg spans NTS reads
+    return load_model("emolens-tiny", device="cpu"), samples, fine_prompts(samples, task, contrastive=True)
 
 
 def test_answer_attention_rows_are_probabilities_and_leave_logits_untouched(env):

@@ -86,3 +86,9 @@ gpu-wheels:
 
 gpu-check:
 	tools/gpu_check.sh --device cuda
+
+# Mutation testing of the equation functions of methods/ and metrics.py (issue 18): each mutant against its
+# module's tests; prints the kill rate and every survivor, writes runs/mutation.json. Not in CI (~30-60 min).
+.PHONY: mutation
+mutation: setup
+	CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=1 nice -n 10 $(BIN)/python tools/mutation.py --jobs 2 --json runs/mutation.json

@@ -1,4 +1,4 @@
-"""``emolens notebooks``: execute the notebook collection headless (papermill)."""
+"""``emolens notebooks``: execute the notebook collection headless (papermill), or refresh the committed ones."""
 from __future__ import annotations
 
 from .args import pairs
@@ -9,14 +9,24 @@ def register(sub) -> None:
     n.add_argument("--only", default=None, help="substring or glob of notebook names, e.g. 01 or '0[12]_*'")
     n.add_argument("--out", default="runs/notebooks")
     n.add_argument("-p", nargs=2, action="append", metavar=("KEY", "VALUE"), help="parameter for every notebook that declares it")
+    n.add_argument("--refresh", action="store_true",
+                   help="execute the committed notebooks/ in place with their defaults and clean them (make notebooks)")
     n.set_defaults(fn=run)
 
 
 def run(a) -> int:
-    from ..runner import run_collection
+    from ..runner import refresh, run_collection
 
+    if a.refresh:
+        if a.p:
+            raise ValueError("--refresh runs the committed notebooks with their defaults; drop -p (or run without --refresh)")
+        done = refresh(only=a.only)
+        for name, sec in done:
+            print(f"{name:<36} {sec:>7.1f} s")
+        print(f"{'total':<36} {sum(s for _, s in done):>7.1f} s -> notebooks/ (executed in place, cleaned)")
+        return 0
     recs = run_collection(a.out, only=a.only, params=pairs(a.p))
     for r in recs:
         print(f"{r['notebook']:<36} {r['seconds']:>7.1f} s")
-    print(f"{'total':<36} {sum(r['seconds'] for r in recs):>7.1f} s -> {a.out}/index.md")
+    print(f"{'total':<36} {sum(r['seconds'] for r in recs):>7.1f} s -> {a.out}/index.html")
     return 0

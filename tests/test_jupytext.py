@@ -110,3 +110,35 @@ def test_fresh_papermill_run_is_noisy_and_clean_notebook_fixes_it(tmp_path):
     assert view and view[0]["data"]["application/vnd.jupyter.widget-view+json"]["model_id"]
     assert [c.execution_count for c in ran.cells if c.cell_type == "code"] == [1, 2, 3, 4, 5]
     assert ran.cells[3].outputs[0]["data"]["text/plain"] == "15"  # the injected n=5 reached the run
+
+
+def _probe_pair(folder: Path, body: str) -> Path:
+    """A two-cell notebook `00_probe` written as py:percent and paired by jupytext (as `make notebooks-sync`)."""
+    py = folder / "00_probe.py"
+    py.write_text('# %% [markdown]\n# # probe\n\n# %% tags=["parameters"]\nn: int = 2  # count\n\n# %%\n' + body + "\n")
+    nb = jupytext.read(py)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    jupytext.write(nb, folder / "00_probe.ipynb")
+    return folder / "00_probe.ipynb"
+
+
+def test_refresh_executes_in_place_and_leaves_a_clean_synced_pair(tmp_path):
+    from emolens.runner import refresh
+
+    ipynb = _probe_pair(tmp_path, "n * 21")
+    done = refresh(folder=tmp_path)
+    assert [name for name, _ in done] == ["00_probe.ipynb"]
+    nb = nbformat.read(ipynb, as_version=4)
+    assert nb.cells[2].outputs[0]["data"]["text/plain"] == "42"
+    assert notebook_noise(nb) == [] and pair_problems(ipynb) == []
+
+
+def test_refresh_refuses_a_pair_out_of_sync(tmp_path):
+    from emolens.runner import refresh
+
+    ipynb = _probe_pair(tmp_path, "n * 21")
+    py = ipynb.with_suffix(".py")
+    py.write_text(py.read_text().replace("n * 21", "n * 22"))
+    with pytest.raises(ValueError, match="source differs.*jupytext --sync"):
+        refresh(folder=tmp_path)
+    assert "outputs" not in nbformat.read(ipynb, as_version=4).cells[2] or not nbformat.read(ipynb, as_version=4).cells[2].outputs

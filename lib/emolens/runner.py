@@ -237,7 +237,7 @@ def pair_problems(ipynb: Path) -> list:
     return problems
 
 
-def refresh(only: Optional[str] = None, progress: bool = False) -> list:
+def refresh(only: Optional[str] = None, progress: bool = False, folder: Path = NOTEBOOKS) -> list:
     """Execute the committed notebooks in place with their default parameters, then clean them.
 
     The one way committed outputs change (``emolens notebooks --refresh``, ``make notebooks``); nbval
@@ -247,7 +247,7 @@ def refresh(only: Optional[str] = None, progress: bool = False) -> list:
     import papermill as pm
 
     done = []
-    for p in notebook_paths(only):
+    for p in notebook_paths(only, folder):
         problems = pair_problems(p)
         if problems:
             raise ValueError(f"{problems[0]}; refresh would overwrite one side")

@@ -125,7 +125,8 @@ def test_nts_reference_on_a_tiny_hf_family(tmp_path_factory, family):
 
 # =========================================================================== STR
 STR_SETTINGS = [{}, {"p_v": 0.25, "p_t": 0.5, "delta": 2.0, "anchors": False},
-                {"p_v": 0.5, "p_t": 0.5, "gate_center": 0.0, "gate_temp": 1.0, "negative": "keep"}]
+                {"p_v": 0.5, "p_t": 0.5, "gate_center": 0.0, "gate_temp": 1.0, "negative": "keep"},
+                {"p_v": 0.25, "p_t": 0.5, "qk_rope": "post"}]
 
 
 @pytest.mark.parametrize("kw", STR_SETTINGS + [{"p_v": 0.25, "p_t": 0.5, "gate_scope": scope}

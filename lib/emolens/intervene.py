@@ -89,8 +89,13 @@ class Capture:
         rows: ``"last"``, ``"answer"``, a ``TokenLayout.group`` name, or per-sample position arrays.
         name: key in ``trace.captures`` (default: ``rows`` when it is a string, else ``"rows"``).
         qk_positions: a group name (or per-sample arrays): also record the query vectors of the rows
-            (``q [B, H, R, D]``) and the key vectors at these positions (``k [B, Hkv, R', D]``),
-            post-RoPE, as the attention function receives them.
+            (``q [B, H, R, D]``) and the key vectors at these positions (``k [B, Hkv, R', D]``).
+        qk_rope: ``"post"`` (default): q and k as the attention function receives them (after any
+            q/k norm, after RoPE); ``"pre"``: the same vectors with the rotary embedding undone, i.e.
+            the frozen projections' output after any q/k norm and *before* RoPE (WETR Eq. 9's reading).
+            The layer's ``position_embeddings`` (cos, sin) are read by a forward pre-hook on the
+            decoder layer and RoPE is inverted exactly (x = x' cos - rotate_half(x') sin, on the
+            rotary dimensions). Prefill only.
         steps: ``"prefill"``, ``"decode"`` or ``"all"``.
         reduce: ``None`` (default): the full ``probs [B, H, R, K]``; ``"heads"``: the mean over heads,
             ``probs [B, R, K]``; ``"mean"``: the mean over heads and the valid rows, ``probs [B, K]``
@@ -109,9 +114,11 @@ class Capture:
     steps: str = "prefill"
     reduce: Optional[str] = None
     offload: Optional[str] = None
+    qk_rope: str = "post"
 
 
 REDUCES = (None, "heads", "mean")
+QK_ROPES = ("post", "pre")
 OFFLOADS = (None, "cpu")
 #: bytes of float32 scores a reducing capture materialises at a time ([B, H, chunk, K])
 REDUCE_CHUNK_BYTES = 64 * 2**20
@@ -213,7 +220,8 @@ class AttnCapture:
             ``[B, R, K]`` (head mean) or ``[B, K]`` (head and valid-row mean) when ``reduced`` says so.
         positions: ``[B, R]`` int64 absolute row positions, ``-1`` on padding rows.
         row_valid: ``[B, R]`` bool.
-        q: ``[B, H, R, D]`` query vectors of the rows (post-RoPE) when ``qk_positions`` was given.
+        q: ``[B, H, R, D]`` query vectors of the rows when ``qk_positions`` was given (post-RoPE, or
+            pre-RoPE with ``Capture.qk_rope="pre"``).
         k: ``[B, Hkv, R', D]`` key vectors at ``k_positions`` (``[B, R']``, -1 pad; ``k_valid``).
         reduced: ``None``, ``"heads"`` or ``"mean"`` (``Capture.reduce``).
     Everything is float32 (q and k too, whatever the model's dtype).
@@ -424,10 +432,16 @@ class _CaptureOps:
 
     def __init__(self, n_layers):
         self.by_layer = {l: [] for l in range(n_layers)}
+        self.pre_rope_layers = set()   # layers whose (cos, sin) a pre-hook keeps for qk_rope="pre"
+        self.rope = {}                 # layer -> (cos, sin) of the current prefill, full length
 
     def add(self, session, op, what):
         rows = session._rows(op.rows, what)
         qk = session._rows(op.qk_positions, what + " qk_positions") if op.qk_positions is not None else None
+        if op.qk_rope not in QK_ROPES:
+            raise ValueError(f"{what}: qk_rope={op.qk_rope!r}; use 'post' or 'pre'")
+        if op.qk_rope == "pre" and op.steps != "prefill":
+            raise ValueError(f"{what}: qk_rope='pre' is for prefill captures (steps='prefill')")
         name = op.name or (op.rows if isinstance(op.rows, str) else "rows")
         _steps(op.steps, what)
         if op.reduce not in REDUCES:
@@ -436,6 +450,43 @@ class _CaptureOps:
             raise ValueError(f"{what}: offload={op.offload!r}; use None or 'cpu'")
         for l in _layer_list(op.layers, session.n_layers, what):
             self.by_layer[l].append((op, name, rows, qk))
+            if qk is not None and op.qk_rope == "pre":
+                self.pre_rope_layers.add(l)
+
+    def rope_hook(self, layer):
+        """Forward pre-hook (with kwargs) on decoder layer ``layer``: keep its ``position_embeddings``.
+        Installed first (prepend), so it sees the full-length (cos, sin) even when pruning slices them."""
+        def hook(module, args, kwargs):
+            pe = kwargs.get("position_embeddings")
+            if pe is not None:
+                self.rope[layer] = pe
+            return None
+        return hook
+
+    def unrope(self, layer, x, pos):
+        """Undo RoPE on ``x [B, heads, R, D]`` at absolute positions ``pos [B, R]`` (-1: padding).
+
+        RoPE maps x -> x cos + rotate_half(x) sin (per position); its inverse is the rotation by -theta,
+        x = x' cos - rotate_half(x') sin, applied to the first ``cos.shape[-1]`` (rotary) dimensions."""
+        pe = self.rope.get(layer)
+        if pe is None:
+            raise RuntimeError(f"layer {layer}: qk_rope='pre' needs the decoder layer's position_embeddings "
+                               "(cos, sin) and this model passed none; use qk_rope='post'")
+        cos, sin = pe
+        if cos.dim() == 2:
+            cos, sin = cos[None], sin[None]
+        if cos.dim() != 3:
+            raise ValueError(f"layer {layer}: qk_rope='pre' expects cos/sin [B, L, d], got {tuple(cos.shape)} "
+                             "(a multimodal RoPE applied inside the attention); use qk_rope='post'")
+        B, R = pos.shape
+        d = cos.shape[-1]
+        idx = pos.clamp(min=0).to(cos.device)
+        cos = cos.expand(B, -1, -1).gather(1, idx[:, :, None].expand(B, R, d)).float()[:, None]
+        sin = sin.expand(B, -1, -1).gather(1, idx[:, :, None].expand(B, R, d)).float()[:, None]
+        xr = x[..., :d]
+        half = d // 2
+        rot = torch.cat((-xr[..., half:], xr[..., :half]), dim=-1)   # rotate_half
+        return torch.cat((xr * cos - rot * sin, x[..., d:]), dim=-1)
 
     def run(self, session, caps, fwd, layer, query, key, attention_mask, keep, sc, layer_recs):
         B, H, Q, D = query.shape
@@ -462,6 +513,9 @@ class _CaptureOps:
                     Hkv = key.shape[1]
                     rec.k = key.gather(2, kr.pos.clamp(min=0)[:, None, :, None].expand(B, Hkv, kr.pos.shape[1], D)).detach().float()
                     rec.k_positions, rec.k_valid = kr.pos, kr.valid
+                    if op.qk_rope == "pre":
+                        rec.q = self.unrope(layer, rec.q, r.qidx)
+                        rec.k = self.unrope(layer, rec.k, kr.pos)
                 session._store(rec, op.offload)
                 layer_recs[name] = rec
 
@@ -885,6 +939,9 @@ def intervene(model, layouts, plan=None):
     handler = session if pruning is None else pruning[0]
     if pruning is not None:
         session.hooks.extend(pruning[1])
+    for i in sorted(session.captures.pre_rope_layers):
+        session.hooks.append(session.layers[i].register_forward_pre_hook(session.captures.rope_hook(i),
+                                                                          with_kwargs=True, prepend=True))
     try:
         for m, i in mods:
             _attn._REGISTRY[m] = (handler, i)

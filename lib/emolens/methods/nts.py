@@ -347,7 +347,8 @@ class NTS(Method):
         if self._needs_vc():
             vc = [np.concatenate([lay.visual, lay.content]) for lay in batch.layouts]
             ops.append(Capture(layers=layers, rows=vc, name="vc", qk_positions=vc if self.use_str else None,
-                               reduce=CROSS_CAPTURE_REDUCE))
+                               reduce=CROSS_CAPTURE_REDUCE,
+                               qk_rope=self.params.get("qk_rope", "pre")))
         uids = [getattr(s, "uid", i) for i, s in enumerate(samples)]
         for l in layers:
             ops.append(AfterLayer(layer=l, fn=lambda ctx, _u=uids, _f=layers[0]: self._decide(ctx, _u, _f, keep_captures)))

@@ -20,12 +20,13 @@ layer l+1 on, like the key mask.
 
 Choices the paper leaves open (documented defaults; most are parameters)
 ------------------------------------------------------------------------
-* **q, k** ("query/key vectors from the frozen attention projections"): the vectors layer l's
-  attention function receives: after Qwen3's q/k RMSNorm and **after RoPE** (keys of different
-  positions therefore also differ by their rotary phase). The paper's wording reads as the
-  projections *before* RoPE; capturing those needs hooks on q_proj/k_proj/q_norm/k_norm that the
-  intervention mechanism does not install yet, so post-RoPE remains the implemented reading (open
-  item, reported in issue 11).
+* **q, k** ("query/key vectors from the frozen attention projections"): by default (``qk_rope="pre"``)
+  the projections' output **before RoPE**, after any q/k norm (Qwen3's RMSNorm): the attention
+  function receives post-RoPE vectors and ``Capture(qk_rope="pre")`` inverts the rotary embedding
+  exactly with the layer's own (cos, sin) (tested against hooks on q_norm/k_norm and q_proj/k_proj on
+  every tiny architecture). Pre-RoPE keys of different positions differ only by content, which is
+  what "reconstruct a token's key from the other modality's keys" compares. ``qk_rope="post"`` keeps
+  the vectors as attention sees them (keys then also differ by their rotary phase).
 * **GQA heads in Eq. 9**: q has H heads, k has H_kv < H heads. Each query head h is paired with its
   KV group's keys (head h uses kv head h // (H / H_kv), as the attention does); alpha, the
   reconstruction and e_i are computed per query head with d = head_dim (the model's own 1/sqrt(d)
@@ -93,6 +94,8 @@ STR_PARAMS = {
     "gate_center": Param(0.5, float, doc="g = sigmoid((Norm(s) - center) / temp) (Eq. 10's phi; 0.5 / 0.1: soft step)"),
     "gate_temp": Param(0.1, float, low=0.0, open_low=True, doc="gate temperature"),
     "gate_scope": Param("kept", str, choices=("kept", "candidates"), doc="Norm of the gate over K (kept) or all candidates"),
+    "qk_rope": Param("pre", str, choices=("pre", "post"),
+                     doc="Eq. 9's q/k: the projections before RoPE (after any q/k norm; default) or after RoPE"),
 }
 
 
@@ -104,7 +107,7 @@ def reconstruction_error(q, k, kept_src, kept_tgt, scaling=None) -> np.ndarray:
     query head h against its KV group's keys (GQA), then the mean over the H query heads.
 
     Args:
-        q: ``[H, N, D]`` query vectors of N tokens (post q-norm, post-RoPE).
+        q: ``[H, N, D]`` query vectors of N tokens (post q-norm; pre- or post-RoPE per the ``qk_rope`` param).
         k: ``[H_kv, N, D]`` key vectors of the same N tokens (H divisible by H_kv).
         kept_src: indices into N of the tokens to reconstruct (i in K_v for e^v).
         kept_tgt: indices into N of the tokens that reconstruct them (j in K_con for e^v).

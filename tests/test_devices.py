@@ -200,3 +200,15 @@ def test_gamma_scaling_in_float32_and_clamped_in_fp16():
     hb = torch.tensor([[[1.0, 3.0]]], dtype=torch.bfloat16)
     gb = torch.tensor([[1.0 + 1.0 / 3]])
     assert torch.equal(scale_rows(hb, gb), (hb.float() * gb.float()[:, :, None]).to(torch.bfloat16))
+
+
+def test_eval_timing_synchronizes_on_cuda(monkeypatch):
+    """evaluate's timed predict is wrapped in torch.cuda.synchronize() on CUDA (checked by counting the
+    calls with a stand-in, no card needed); on the CPU it is the predict itself."""
+    from emolens.evaluate import _synced
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda d=None: calls.append(str(d)))
+    f = lambda chunk: len(chunk)  # noqa: E731
+    assert _synced(f, torch.device("cpu")) is f
+    assert _synced(f, "cuda:0")([1, 2]) == 2 and calls == ["cuda:0", "cuda:0"]

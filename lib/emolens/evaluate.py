@@ -164,6 +164,7 @@ def evaluate(model, dataset, method="zero-shot", params: Optional[dict] = None, 
     samples = [ds[i] for i in range(len(ds) if limit is None else min(limit, len(ds)))]
     if not samples:
         raise ValueError(f"dataset {getattr(ds, 'name', dataset)!r} split {split!r} has no samples")
+    _warm_up(m, model, samples[:1], task)  # before the seeds: one untimed forward (kernels, allocator, caches)
     torch.manual_seed(seed)
     np.random.seed(seed)
     from .parallel import predict_resumable, ranks_from_env
@@ -172,7 +173,8 @@ def evaluate(model, dataset, method="zero-shot", params: Optional[dict] = None, 
               "seed": seed, "method": m.describe(), "world": world or {}, "dtype": str(getattr(model, "dtype", ""))}
     plog = _PromptLog(model, seed if shuffle_options else None)
     run_id["shuffle_options"] = bool(shuffle_options)
-    preds, latency = predict_resumable(lambda chunk: plog.attach(m.predict(plog.model, chunk, task), chunk),
+    preds, latency = predict_resumable(_synced(lambda chunk: plog.attach(m.predict(plog.model, chunk, task), chunk),
+                                               getattr(model, "device", None)),
                                        samples, batch_size=batch_size,
                                        out=out, identity=run_id, progress=progress, default=_jsonable,
                                        desc=f"{m.name} on {getattr(ds, 'name', '')}")
@@ -231,3 +233,30 @@ def metrics_table(result: dict) -> str:
         s = result["selection"]
         lines.append(f"  selection vs ground truth: precision {s['precision']:.3f} recall {s['recall']:.3f}")
     return "\n".join(lines)
+
+
+def _synced(predict, device):
+    """``predict`` with a CUDA synchronize before and after, so the per-batch wall time that
+    ``predict_resumable`` measures covers the GPU work of that batch (kernels run asynchronously)."""
+    dev = torch.device(device) if device is not None else None
+    if dev is None or dev.type != "cuda":
+        return predict
+
+    def run(chunk):
+        torch.cuda.synchronize(dev)
+        out = predict(chunk)
+        torch.cuda.synchronize(dev)
+        return out
+    return run
+
+
+def _warm_up(method, model, samples, task) -> None:
+    """One untimed prediction on the first sample before timing starts (CUDA context, kernel selection,
+    allocator growth); its result is discarded. Only on CUDA: on the CPU the first batch is not
+    measurably slower and the extra forward would cost every CPU run."""
+    dev = getattr(model, "device", None)
+    if dev is None or torch.device(dev).type != "cuda" or not samples:
+        return
+    with torch.no_grad():
+        method.predict(model, samples, task)
+    torch.cuda.synchronize(torch.device(dev))

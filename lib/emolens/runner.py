@@ -104,7 +104,7 @@ def execute(path: Path, out_dir: Path, params: dict, progress: bool = False, kee
         if not keep_going:
             raise
         first = str(e.evalue).strip().splitlines()[0] if str(e.evalue).strip() else ""
-        error = f"cell {e.exec_count}: {e.ename}: {first}" if first else f"cell {e.exec_count}: {e.ename}"
+        error = f"In [{e.exec_count}]: {e.ename}: {first}" if first else f"In [{e.exec_count}]: {e.ename}"
     seconds = time.time() - t0
     results = json.loads(res_path.read_text()) if res_path.is_file() else {}
     return {"notebook": path.name, "seconds": round(seconds, 1), "params": p, "results": results,

@@ -28,7 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 from transformers import AutoConfig, GenerationMixin, PreTrainedConfig, PreTrainedModel
-from transformers.configuration_utils import SubConfigSpec
+try:  # transformers >= 5.2x declares sub-configs by spec; older 5.x builds them in __post_init__
+    from transformers.configuration_utils import SubConfigSpec
+except ImportError:  # pragma: no cover - exercised on the GPU machine's transformers 5.17
+    SubConfigSpec = None
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..compat import cache_kw, output_cache
@@ -44,7 +47,20 @@ class EmolensTinyConfig(PreTrainedConfig):
     """Config of emolens-tiny. ``text_config`` is a Qwen3 config (the decoder)."""
 
     model_type = "emolens_tiny"
-    sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen3")}
+    if SubConfigSpec is not None:
+        sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen3")}
+    else:  # pragma: no cover - older transformers (see the import)
+        sub_configs = {"text_config": AutoConfig}
+
+        def __post_init__(self, **kwargs):
+            from transformers import CONFIG_MAPPING
+
+            if isinstance(self.text_config, dict):
+                tc = dict(self.text_config)
+                self.text_config = CONFIG_MAPPING[tc.pop("model_type", "qwen3")](**tc)
+            elif self.text_config is None:
+                self.text_config = CONFIG_MAPPING["qwen3"]()
+            super().__post_init__(**kwargs)
 
     text_config: dict | PreTrainedConfig | None = None
     image_token_id: int = 5

@@ -113,3 +113,19 @@ def test_occlude_paints_exactly_the_dropped_patches():
     expect[1, 4:8, 0:4] = True                                    # token 6 = (frame 1, row 1, col 0)
     assert np.array_equal(out.frames[expect], np.full((expect.sum(), 3), 7))
     assert not changed[~expect].any()
+
+
+def test_sepmlab_cache_holds_no_model_inputs(lm, emoset, lab):
+    """SepmLab keeps stage 1 for the notebook's lifetime: its cache drops the model inputs (pixel values
+    on the model's device) and any KV cache, and keeps what the walkthrough reads (layouts, prompts,
+    confidence, CPU logits)."""
+    lab.run(alpha=0.1)
+    cached = [s1 for chunks in lab._s1.values() for s1 in chunks]
+    assert cached
+    for s1 in cached:
+        if s1.batch is not None:
+            assert s1.batch.inputs == {} and len(s1.batch.layouts) == len(s1.batch.prompts) > 0
+        assert getattr(s1, "cache", None) is None
+        if s1.logits is not None:
+            assert s1.logits.device.type == "cpu"
+    assert lab.run(alpha=0.1)["accuracy"] == lab.run(alpha=0.1)["accuracy"]

@@ -23,8 +23,23 @@ import dataclasses
 from typing import Optional, Sequence
 
 import numpy as np
+import torch
 
 __all__ = ["SepmLab", "cue_survival", "occlude"]
+
+
+def release_inputs(s1):
+    """A cached :class:`~emolens.methods.sepm.Stage1` without what only the forward needed: the batch's
+    model inputs (pixel values, ids, on the model's device) and the KV cache are dropped; layouts,
+    prompts, logits (CPU), confidence and significance stay. A notebook that keeps a SepmLab for its
+    whole lifetime then holds no device memory for it (issue 16)."""
+    if s1.batch is not None:
+        s1.batch = dataclasses.replace(s1.batch, inputs={})
+    if getattr(s1, "cache", None) is not None:
+        s1.cache = None
+    if isinstance(s1.logits, torch.Tensor):
+        s1.logits = s1.logits.detach().cpu()
+    return s1
 
 
 class SepmLab:
@@ -68,7 +83,7 @@ class SepmLab:
                 s1 = run_stage1(self.lm, [self.samples[i] for i in ch], self.task, alpha=float("inf"), cci=cci,
                                 fp=fp, rows=rows, prompt_spans=prompt_spans)
                 self.forwards += int(s1.batch is not None)
-                out.append(s1)
+                out.append(release_inputs(s1))
             self._s1[key] = out
         return self._s1[key]
 

@@ -185,15 +185,17 @@ def _run_notebook(page, base, token, name, timeout=600):
     page.goto(f"{base}/lab/tree/{name}?token={token}")
     page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget "
                            "&& window.jupyterapp.shell.currentWidget.context", timeout=120_000)
-    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    page.wait_for_selector(".jp-Notebook .jp-Cell", state="attached", timeout=60_000)
     page.evaluate(RUN_ALL_AND_WAIT)
     t0 = time.time()
     while True:
         st = page.evaluate(NOTEBOOK_STATE)
-        assert not st["errors"], f"{name}: {st['errors']}"
+        if st["errors"] or time.time() - t0 > timeout or (st["done"] == 0 and st["running"] == 0 and time.time() - t0 > 60):
+            page.screenshot(path=str(SHOTS / f"{Path(name).stem}_failed.png"))
+            assert not st["errors"], f"{name}: {st['errors']}"
+            raise AssertionError(f"{name} did not run to the end in {time.time() - t0:.0f} s: {st}")
         if st["running"] == 0 and st["done"] > 0 and st["status"] == "idle":
             return st
-        assert time.time() - t0 < timeout, f"{name} still running after {timeout} s: {st}"
         time.sleep(1)
 
 

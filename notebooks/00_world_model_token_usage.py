@@ -32,10 +32,12 @@ import numpy as np
 import pandas as pd
 import torch
 import emolens
+from emolens.compat import quiet_third_party_deprecations
 from emolens import plots, prompts
 from emolens.analysis import usage
 from emolens.data import load_dataset
 from emolens.methods import Task
+quiet_third_party_deprecations()  # upstream deprecation notices are for developers (README: the lock)
 
 lm = emolens.load_model(model, device=device)
 ds = load_dataset(dataset, split=split, limit=n_samples, **({"eps": eps} if dataset.startswith("world") else {}))

@@ -52,6 +52,7 @@ import torch
 from IPython.display import Markdown, display
 
 import emolens
+from emolens.compat import quiet_third_party_deprecations
 from emolens import metrics, plots, widgets
 from emolens.analysis import wetr
 from emolens.answers import read_answers
@@ -62,6 +63,7 @@ from emolens.methods import Task, get_method
 from emolens.methods.common import fine_prompts
 from emolens.methods.nts import (contrastive_utility, cross_modal_support, keep_count, normalize_scores,
                                  selection_mask, selection_score, span_attention, top_p)
+quiet_third_party_deprecations()  # upstream deprecation notices are for developers (README: the lock)
 
 torch.manual_seed(seed)
 np.random.seed(seed)
@@ -87,7 +89,7 @@ print("labels:", task.labels)
 
 # %%
 s = samples[sample_index]
-prompt = fine_prompts([s], task)[0]
+prompt = fine_prompts([s], task, contrastive=True)[0]  # NTS's prompt: the query + Q_pos/Q_neg
 batch = lm.encode([s], [prompt])
 lay = batch.layouts[0]
 tokens = wetr.token_table(lm, batch)
@@ -243,7 +245,7 @@ res = {"zero-shot": evaluate(lm, ds, "zero-shot", limit=n_eval, seed=seed, progr
 for name, meth in strategies.items():
     hp = {k: v for k, v in nts_params.items() if meth != "random-select" or k in ("layer", "p_v", "p_t", "seed")}
     res[name] = evaluate(lm, ds, meth, hp, limit=n_eval, seed=seed, progress=False)
-eval_layouts = lm.encode(samples[:n_eval], fine_prompts(samples[:n_eval], task)).layouts
+eval_layouts = lm.encode(samples[:n_eval], fine_prompts(samples[:n_eval], task, contrastive=True)).layouts
 chance = float(np.mean([x.cue_visual.mean() for x in eval_layouts]))
 table2 = pd.DataFrame([{"strategy": k, "WAR": r["metrics"]["war"], "UAR": r["metrics"]["uar"], "F1": r["metrics"]["f1"],
                         "precision": r.get("selection", {}).get("precision", np.nan),

@@ -60,7 +60,7 @@ import emolens
 from emolens import metrics, plots, widgets
 from emolens.analysis import wetr
 from emolens.answers import read_answers
-from emolens.compat import tolerances
+from emolens.compat import quiet_third_party_deprecations, tolerances
 from emolens.data import load_dataset
 from emolens.evaluate import evaluate
 from emolens.methods import Task, get_method
@@ -68,6 +68,7 @@ from emolens.methods.common import fine_prompts
 from emolens.methods.nts import keep_count
 from emolens.methods.reweight import (anchor_clamp, gate, migration_gamma, normalize, overlap_residual,
                                       reconstruction_error)
+quiet_third_party_deprecations()  # upstream deprecation notices are for developers (README: the lock)
 
 torch.manual_seed(seed)
 np.random.seed(seed)
@@ -92,7 +93,7 @@ print(f"{lm.family}: {lm.num_layers} layers, trigger layer l = {l} | {dataset}/{
 
 # %%
 s = samples[sample_index]
-batch = lm.encode([s], fine_prompts([s], task))
+batch = lm.encode([s], fine_prompts([s], task, contrastive=True))  # STR's prompt: query + Q_pos/Q_neg
 lay = batch.layouts[0]
 tokens = wetr.token_table(lm, batch)
 logits_str, trace = strm.forward(lm, batch, [s])
@@ -111,9 +112,10 @@ kept.round(4)
 # %% [markdown]
 # ## 2 · Query and key vectors $q_i$, $k_i$ at layer $\ell$
 #
-# "Query/key vectors from the frozen attention projections": the vectors layer $\ell$'s attention
-# actually uses (after Qwen3's q/k RMSNorm and RoPE), recorded by the same `Capture` that records the
-# visual and content rows. The decoder uses grouped-query attention: $H$ query heads share $H_{kv}$ key
+# "Query/key vectors from the frozen attention projections": the projections' output after Qwen3's q/k
+# RMSNorm and **before RoPE**, recorded by the same `Capture` that records the visual and content rows
+# (`Capture(qk_rope="pre")` undoes the rotary embedding with the layer's own cos/sin; STR's `qk_rope="post"`
+# would use the rotated vectors attention sees, whose keys also differ by position). The decoder uses grouped-query attention: $H$ query heads share $H_{kv}$ key
 # heads, so query head $h$ is paired with key head $\lfloor h / (H/H_{kv})\rfloor$, as in the attention itself.
 
 # %%
@@ -174,14 +176,15 @@ print(f"p_v = {p_v_wide}: {kp_w['kept_visual'].size} visual x {kp_w['kept_conten
 #
 # All errors of $\mathcal{K}_v \cup \mathcal{K}_{con}$ are min-max normalised jointly to $\bar e_i\in[0,1]$.
 # Predictability alone says nothing about emotion, so it is gated by the NTS score:
-# $g_i = \varphi(\mathrm{Norm}(s_i))$ with $\varphi$ the sigmoid (Norm over the modality's candidates;
-# with min-max Norm, $g_i \in [0.5, 0.731]$). Then
+# $g_i = \varphi(\mathrm{Norm}(s_i))$ with $\varphi(x) = \sigma((x - 0.5)/0.1)$, a soft step, and Norm over the modality's
+# **kept** set $\mathcal{K}$ (the literal sigmoid confines $g$ to $[0.5, 0.731]$ and down-weights every kept token:
+# the opposite of the property WETR states; see `emolens.methods.reweight`). Then
 #
 # $$r_i = (1-g_i)(1-\bar e_i)\ \text{(predictable, weakly relevant overlap)},\qquad c_i = g_i\,\bar e_i\ \text{(relevant, hard-to-predict residual)}.$$
 
 # %%
 e_bar = normalize(np.r_[e_v, e_c])
-g = np.r_[gate(sc["s_v"], norm)[in_v], gate(sc["s_c"], norm)[in_c]]
+g = np.r_[gate(sc["s_v"][in_v], norm), gate(sc["s_c"][in_c], norm)]  # Norm over the kept set K (gate_scope="kept")
 r, c = overlap_residual(g, e_bar)
 kept["e_bar"], kept["g_i"], kept["r_i"], kept["c_i"] = e_bar, g, r, c
 kept[["token", "modality", "s_i (Eq. 5)", "e_i (Eq. 9)", "e_bar", "g_i", "r_i", "c_i"]].round(4)
@@ -390,7 +393,7 @@ if negative == "clamp0":
 assert np.all(gamma[anchor] >= gamma_anc) and anchor[:nv].any() and (K_con.size == 0 or anchor[nv:].any())
 assert scaled, "layer output under STR is not gamma * h"
 small = samples[:8]
-b8 = lm.encode(small, fine_prompts(small, task))
+b8 = lm.encode(small, fine_prompts(small, task, contrastive=True))
 lg0, _ = get_method("str", **{**str_params, "delta": 0.0}).forward(lm, b8, small, keep_captures=False)
 lgn, _ = nts.forward(lm, b8, small, keep_captures=False)
 assert torch.allclose(lg0, lgn, **tolerances(lm.dtype)), "delta = 0 must be the identity"

@@ -38,12 +38,14 @@ out_dir: str = "../runs/notebooks/03_wetr"  # where figures and results.json go
 import numpy as np
 import pandas as pd
 import emolens
+from emolens.compat import quiet_third_party_deprecations
 from emolens import plots, prompts
 from emolens.analysis import usage
 from emolens.analysis.wetr import emass_batch
 from emolens.data import load_dataset
 from emolens.evaluate import evaluate
 from emolens.methods import Task, get_method
+quiet_third_party_deprecations()  # upstream deprecation notices are for developers (README: the lock)
 
 lm = emolens.load_model(model, device=device)
 ds = load_dataset(dataset, split=split, limit=n_samples)

@@ -61,6 +61,7 @@ import seaborn as sns
 import torch
 
 import emolens
+from emolens.compat import quiet_third_party_deprecations
 from emolens import plots
 from emolens.analysis import usage
 from emolens.data import load_dataset
@@ -70,6 +71,7 @@ from emolens.methods.common import fine_prompts, run
 from emolens.metrics import paired_bootstrap_delta, uap
 from emolens.analysis.mosear import evaluate_grid, head_table, reallocation_report
 from emolens.widgets import explorer
+quiet_third_party_deprecations()  # upstream deprecation notices are for developers (README: the lock)
 
 torch.manual_seed(seed)
 np.random.seed(seed)

@@ -27,9 +27,11 @@ out_dir: str = "../runs/notebooks/06_results"  # where figures and results.json 
 import json, pathlib
 import pandas as pd
 import emolens
+from emolens.compat import quiet_third_party_deprecations
 from emolens import plots
 from emolens.evaluate import evaluate
 from emolens.methods import get_method
+quiet_third_party_deprecations()  # upstream deprecation notices are for developers (README: the lock)
 
 lm = emolens.load_model(model, device=device)
 def side_by_side(ds_name):

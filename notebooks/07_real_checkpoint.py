@@ -62,9 +62,11 @@ import pandas as pd
 import torch
 
 import emolens
+from emolens.compat import quiet_third_party_deprecations
 from emolens import plots
 from emolens.data import load_dataset, load_manifest
 from emolens.methods import Task
+quiet_third_party_deprecations()  # upstream deprecation notices are for developers (README: the lock)
 
 
 def short(msg):
@@ -195,7 +197,7 @@ else:
     from emolens.methods.common import fine_prompts
 
     s = samples[sample_index]
-    lay = lm.encode([s], fine_prompts([s], task)).layouts[0]
+    lay = lm.encode([s], fine_prompts([s], task, contrastive=True)).layouts[0]
     w_extra = results["wetr"]["predictions"][sample_index]["extra"]
     first_trigger = w_extra["nts"][0]
     kept = np.zeros(lay.visual.size, bool)

@@ -27,6 +27,8 @@ Public pieces (named after the paper's symbols):
     fine_labels(task, branch)              the option list of Q_PEC / Q_NEC / Q_ambi
     run_stage1(lm, samples, task, ...)     -> Stage1 (Eq. 1, 3, 4, 5-8)
     run_stage2(lm, samples, prompts, drop) -> (answers, logits [B, V], batch) (Eq. 10, 2)
+    shared_prefix(batch1, batch2)          the stage-1 cache column up to which stage 2 starts the same
+    reuse_inputs(batch1, cache, batch2, P) stage-2 inputs that continue stage 1's cropped KV cache
     SEPM                                   the registered method "sepm" (Algorithm 1)
 
 Choices the paper leaves open (each made once, here):
@@ -78,6 +80,34 @@ Choices the paper leaves open (each made once, here):
 12. **Random strategy** (Table 2): k = floor(beta N_v) tokens drawn uniformly without replacement by
     ``numpy.random.default_rng(SeedSequence([seed, crc32(sample.uid)]))``: deterministic given the seed
     and independent of batch composition and order.
+
+Sharing between the stages (``reuse_prefix``, default true; issue 13). Both stages read the same sample:
+emolens-tiny's rows are ``<bos> <image>* <audio>* Subtitle : words <sep> <prompt>``, and Q_c and Q_f both
+start with the FoE prefix when ``fp`` is on, so everything before the first token where the two queries
+differ is a shared prefix. What each ablation can share:
+
+* **CCI only / CCI + FP, no VTA drop** (``vta=false`` or ``beta=0``): stage 2's input starts exactly like
+  stage 1's, and no token is dropped, so the prefix's keys and values are the same in both stages
+  (causal attention: a token's KV depends only on the tokens before it). Stage 1 keeps its KV cache;
+  stage 2 crops it to the shared prefix (:func:`shared_prefix`: media, subtitle, ``<sep>``, and the
+  FoE words with FP) and runs only the rest of Q_f (:func:`reuse_inputs`). Left-padded batches: the
+  stage-1 rows end with the same Q_c, so every row's prefix ends at one column ``P`` of the stage-1
+  cache; the stage-2 suffixes (per-row Q_f of different lengths) are right-aligned after it, the pad
+  columns between are masked, and explicit position ids keep every real token's relative distance
+  (RoPE) as in the recomputed stage 2. Same for ``answer=generate`` (generate runs only the columns
+  past the cache). Equal to recomputation within float rounding (``tests/test_sepm_reuse.py``: option
+  probabilities within 1e-5, same labels and generated text).
+* **VTA** (tokens dropped): the drop acts from decoder layer 0, so every token after the first dropped
+  one changes in every layer above 0 and no KV beyond that point can be shared. Stage 2 instead removes
+  the dropped tokens physically (``emolens.prune``: from layer 1 on the kept tokens only), rather than
+  recomputing the full sequence under a mask. (The few tokens before the first dropped visual token --
+  ``<bos>`` and the leading visual tokens -- could be shared too; not done: pruning's layer 0 runs the
+  full prompt to number the cache.)
+* **CCI off**: with VTA by attention, the attention-only stage-1 forward of Q_f is followed by the
+  pruned stage 2; with ``strategy="random"`` or without VTA there is a single forward and nothing to share.
+* **Fallbacks** (full recomputation, as with ``reuse_prefix=false``): a composed partner (``sepm+wetr``:
+  its ops act on the prefix's tokens in stage 2), and HF families (:func:`reuse_supported`: their
+  forwards derive mrope position ids / media merges from the whole input).
 """
 from __future__ import annotations
 
@@ -211,11 +241,109 @@ def fine_prompt(task: Task, branch: str, *, fp: bool = True, prompt_spans: bool 
 
 
 # =========================================================================== the two stages
-def _forward(lm, batch, plan=None):
-    """One forward: ``(answers, logits [B, V] float32 cpu, trace or None)``."""
-    logits, trace = forward_logits(lm, batch, plan)
+def _forward(lm, batch, plan=None, keep_cache: bool = False):
+    """One forward: ``(answers, logits [B, V] float32 cpu, trace or None, KV cache or None)``;
+    ``keep_cache``: the same forward with ``use_cache=True``, its cache returned (stage 1 for the reuse)."""
+    if not keep_cache:
+        logits, trace = forward_logits(lm, batch, plan)
+        cache = None
+    else:
+        from contextlib import nullcontext
+
+        from ..compat import output_cache
+        from ..intervene import intervene
+
+        with torch.no_grad(), (intervene(lm.model, batch.layouts, plan) if plan is not None else nullcontext()) as trace:
+            out = lm.model(**batch.inputs, logits_to_keep=1, use_cache=True)
+        logits, cache = out.logits[:, -1], output_cache(out)
     answers = read_answers(logits, batch.prompts, lm.option_token_ids)
-    return answers, logits.detach().float().cpu(), trace
+    return answers, logits.detach().float().cpu(), trace, cache
+
+
+# =========================================================================== prefix reuse
+#: input names a reusing stage 2 understands (any other -- mrope position ids, image grids -- means the
+#: model's forward derives something from the whole input, and stage 2 recomputes everything)
+_REUSABLE_INPUTS = {"input_ids", "attention_mask", "pixel_values", "frame_index", "audio_values"}
+
+
+def reuse_supported(lm, batch) -> bool:
+    """Whether stage 2 can reuse stage 1's prefix KV cache on this model: plain 1-D RoPE positions numbered
+    by column (the decoder's default when no ``position_ids`` are given) and media that enter only through
+    their placeholder tokens. True for emolens-tiny; HF families fall back to recomputation."""
+    return lm.family == "emolens-tiny" and set(batch.inputs) <= _REUSABLE_INPUTS
+
+
+def shared_prefix(batch1, batch2) -> Optional[int]:
+    """The column ``P`` of stage 1's (left-padded) batch up to which every row's stage-1 tokens are the
+    start of its stage-2 tokens, or None when nothing can be shared.
+
+    Row r's real tokens in stage 1 start at column ``off1_r``; ``lcp_r`` is the longest common prefix of
+    its unpadded stage-1 and stage-2 ids (the whole ``<bos> <image>* <audio>* Subtitle : words <sep>`` plus
+    the FoE prefix when both queries start with it). ``P = min_r(off1_r + lcp_r)``, capped so that every
+    row keeps at least one stage-2 token to run (its answer position). Columns ``< P`` of the stage-1 KV
+    cache are then exactly the KV of each row's first ``P - off1_r`` stage-2 tokens.
+    """
+    ids1, m1 = batch1.inputs["input_ids"], batch1.inputs["attention_mask"].bool()
+    ids2, m2 = batch2.inputs["input_ids"], batch2.inputs["attention_mask"].bool()
+    if ids1.shape[0] != ids2.shape[0]:
+        raise ValueError(f"stage 1 has {ids1.shape[0]} rows but stage 2 has {ids2.shape[0]}; encode the same samples")
+    L1 = ids1.shape[1]
+    P = L1
+    for r in range(ids1.shape[0]):
+        u1, u2 = ids1[r][m1[r]], ids2[r][m2[r]]
+        n = min(u1.numel(), u2.numel())
+        diff = (u1[:n] != u2[:n]).nonzero()
+        lcp = int(diff[0, 0]) if diff.numel() else n
+        lcp = min(lcp, u2.numel() - 1)
+        P = min(P, (L1 - u1.numel()) + lcp)
+    return P if P > 0 else None
+
+
+def reuse_inputs(batch1, cache, batch2, P: int) -> dict:
+    """Stage-2 model inputs that continue stage 1's KV cache cropped to its first ``P`` columns.
+
+    Row r keeps its first ``q_r = P - off1_r`` stage-2 tokens in the cache; the rest of its stage-2 ids
+    (the suffix, length ``f_r``) are right-aligned in ``S = max_r f_r`` new columns (pad columns between the
+    prefix and a shorter suffix are masked). Position ids: stage 1 numbered columns ``0..L1-1`` (no explicit
+    ids), so the prefix's last token sits at ``P - 1``; suffix token j gets ``P + j``: every row's real
+    tokens keep the same *relative* distances as in the recomputed stage 2, which is all RoPE sees.
+
+    Returns ``input_ids``/``attention_mask``/``position_ids`` of width ``P + S`` (what ``generate`` takes
+    with a cache: it runs only the columns past the cache) and the cropped cache under ``compat.cache_kw()``.
+    """
+    from ..compat import cache_kw
+
+    ids1, m1 = batch1.inputs["input_ids"], batch1.inputs["attention_mask"]
+    ids2, m2 = batch2.inputs["input_ids"], batch2.inputs["attention_mask"].bool()
+    B, L1 = ids1.shape
+    sufs = []
+    for r in range(B):
+        q = P - (L1 - int(m1[r].sum()))
+        sufs.append(ids2[r][m2[r]][q:])
+    S = max(int(t.numel()) for t in sufs)
+    pad = int(ids2[~m2].view(-1)[0]) if bool((~m2).any()) else 0
+    sid = torch.full((B, S), pad, dtype=ids1.dtype, device=ids1.device)
+    sm = torch.zeros((B, S), dtype=m1.dtype, device=m1.device)
+    spos = torch.full((B, S), P, dtype=torch.long, device=ids1.device)
+    for r, t in enumerate(sufs):
+        f = int(t.numel())
+        sid[r, S - f:] = t
+        sm[r, S - f:] = 1
+        spos[r, S - f:] = torch.arange(P, P + f, device=ids1.device)
+    if L1 > P:
+        cache.crop(P - L1)  # a negative argument removes that many columns (every transformers 5.x)
+    pos = torch.cat([torch.arange(P, device=ids1.device)[None].expand(B, P), spos], 1)
+    return {"input_ids": torch.cat([ids1[:, :P], sid], 1), "attention_mask": torch.cat([m1[:, :P], sm], 1),
+            "position_ids": pos, cache_kw(): cache}
+
+
+def _reuse_forward(lm, inputs: dict, P: int):
+    """Logits at the last column of the stage-2 suffix, the prefix read from the cache: ``[B, V]``."""
+    kw = dict(inputs)
+    kw["input_ids"], kw["position_ids"] = kw["input_ids"][:, P:], kw["position_ids"][:, P:]
+    with torch.no_grad():
+        out = lm.model(**kw, logits_to_keep=1, use_cache=True)
+    return out.logits[:, -1]
 
 
 @dataclass
@@ -233,6 +361,8 @@ class Stage1:
         rows: the span whose attention rows gave the significance (``"foe"``/``"question"``) or None.
         significance: per sample P̄ ``[N_v]`` (Eq. 8), or None when not computed.
         batch: the stage-1 :class:`~emolens.models.base.Batch` (None without a forward).
+        cache: the stage-1 forward's KV cache (``transformers.DynamicCache``), kept only when stage 2 will
+            reuse its shared prefix (``keep_cache``; released by ``SEPM.predict`` right after stage 2).
     """
 
     query: Optional[str]
@@ -246,6 +376,7 @@ class Stage1:
     rows: Optional[str] = None
     significance: Optional[list] = None
     batch: object = None
+    cache: object = None
 
 
 def significance_rows(strategy: str, fp: bool) -> Optional[str]:
@@ -260,14 +391,15 @@ def significance_rows(strategy: str, fp: bool) -> Optional[str]:
 
 
 def run_stage1(lm, samples: Sequence, task: Task, *, alpha: float = 0.1, cci: bool = True, fp: bool = True,
-               rows: Optional[str] = "foe", prompt_spans: bool = False) -> Stage1:
+               rows: Optional[str] = "foe", prompt_spans: bool = False, keep_cache: bool = False) -> Stage1:
     """Stage 1 of Algorithm 1 in one forward over the whole batch.
 
     With ``cci``: Q_c (with the FoE prefix when ``fp``) -> Ê (Eq. 1), p_A, p_B (Eq. 3), C (Eq. 4),
     branch (C > alpha: Ê's valence, else ``ambiguous``). When ``rows`` is a span name, the same forward
     captures the final layer's attention rows of that span (Eq. 5) and gives P̄ per sample (Eq. 6, 8).
     Without ``cci`` and with ``rows``: an attention-only forward of the plain fine query (choice 9);
-    without both: no forward at all.
+    without both: no forward at all. ``keep_cache``: the same forward also keeps its KV cache
+    (``Stage1.cache``) for :func:`run_stage2` to reuse the shared prefix.
     """
     from ..intervene import Capture, Plan
 
@@ -281,9 +413,9 @@ def run_stage1(lm, samples: Sequence, task: Task, *, alpha: float = 0.1, cci: bo
     batch = lm.encode(samples, prompts)
     last = lm.num_layers - 1
     plan = Plan([Capture(layers=[last], rows=rows, name="sig")]) if rows is not None else None
-    answers, logits, trace = _forward(lm, batch, plan)
+    answers, logits, trace, cache = _forward(lm, batch, plan, keep_cache=keep_cache)
     out = Stage1(query="coarse" if cci else "fine", branch=["all"] * B, answers=answers, logits=logits,
-                 rows=rows, batch=batch)
+                 rows=rows, batch=batch, cache=cache)
     if rows is not None:
         cap = trace.get("sig", last)
         sig = []
@@ -318,7 +450,8 @@ def keep_matrix(layouts: Sequence, drop: Sequence) -> np.ndarray:
 
 
 def run_stage2(lm, samples: Sequence, prompts: Sequence, drop: Optional[Sequence] = None, *, batch=None,
-               extra_ops: Sequence = (), params: Optional[dict] = None, with_trace: bool = False):
+               extra_ops: Sequence = (), params: Optional[dict] = None, with_trace: bool = False,
+               reuse: Optional[Stage1] = None):
     """Stage 2 of Algorithm 1: Q_f on D' (Eq. 10, 2), one forward over the whole batch (per-sample
     prompts may differ; the batch is encoded once, left-padded).
 
@@ -329,6 +462,9 @@ def run_stage2(lm, samples: Sequence, prompts: Sequence, drop: Optional[Sequence
         extra_ops: plan ops of a composed method, run in the same plan after the drop (``compose``).
         params: the method's params for the answer mode (``answer="generate"``: greedy generation).
         with_trace: also return the trace and the generated texts.
+        reuse: a :class:`Stage1` with its KV cache (``keep_cache``): when stage 2 has no plan (no drop, no
+            composed ops) and shares a prefix with stage 1 (:func:`shared_prefix`), only the columns past
+            it are run (:func:`reuse_inputs`); the cache is consumed. Otherwise ignored.
 
     Returns:
         ``(answers, logits [B, V] float32 cpu or None, batch)`` (+ ``(trace, texts)`` with ``with_trace``).
@@ -348,11 +484,30 @@ def run_stage2(lm, samples: Sequence, prompts: Sequence, drop: Optional[Sequence
 
         ops.append(Prune())
     plan = Plan(ops) if ops else None
-    if params is not None and params.get("answer", "logits") == "generate":
+    gen = params is not None and params.get("answer", "logits") == "generate"
+    P = None
+    if plan is None and reuse is not None and reuse.cache is not None and reuse_supported(lm, batch):
+        P = shared_prefix(reuse.batch, batch)
+    if P is not None:
+        from ..answers import generate_answers
+        from ..models.base import Batch
+
+        inputs = reuse_inputs(reuse.batch, reuse.cache, batch, P)
+        reuse.cache = None
+        trace = None
+        if gen:
+            answers, texts = generate_answers(lm, Batch(inputs=inputs, layouts=batch.layouts, prompts=batch.prompts),
+                                              params.get("max_new_tokens", 64))
+            logits = None
+        else:
+            logits = _reuse_forward(lm, inputs, P)
+            answers = read_answers(logits, batch.prompts, lm.option_token_ids)
+            logits, texts = logits.detach().float().cpu(), None
+    elif gen:
         answers, trace, texts = answer_batch(lm, batch, plan, params)
         logits = None
     else:
-        answers, logits, trace = _forward(lm, batch, plan)
+        answers, logits, trace, _ = _forward(lm, batch, plan)
         texts = None
     if with_trace:
         return answers, logits, batch, trace, texts
@@ -382,6 +537,9 @@ class SEPM(Method):
         "seed": Param(0, int, low=0, doc="seed of the random strategy"),
         "prompt_spans": Param(False, bool, doc="the shared prompt: Q_f = the WETR-span fine query (default: SEPM's wording)"),
         "prune": Param(False, bool, doc="VTA's dropped tokens removed physically from layer 1 on (emolens.prune)"),
+        "reuse_prefix": Param(True, bool, doc="stage 2 without recomputation: reuse stage 1's KV cache of the shared "
+                                              "prefix (no VTA drop) or prune VTA's dropped tokens physically; "
+                                              "false: stage 2 recomputes everything under a key mask"),
     }
 
     def validate(self) -> None:
@@ -400,10 +558,19 @@ class SEPM(Method):
             return None
         return significance_rows(p["strategy"], p["fp"])
 
-    def stage1(self, lm, samples: Sequence, task: Task) -> Stage1:
+    def stage1(self, lm, samples: Sequence, task: Task, keep_cache: bool = False) -> Stage1:
         p = self.params
         return run_stage1(lm, samples, task, alpha=p["alpha"], cci=p["cci"], fp=p["fp"], rows=self.rows,
-                          prompt_spans=p["prompt_spans"])
+                          prompt_spans=p["prompt_spans"], keep_cache=keep_cache)
+
+    def reuses(self, partner=None) -> str:
+        """What stage 2 reuses under ``reuse_prefix`` (see "Sharing between the stages"): ``"prefix"`` (stage
+        1's KV cache of the shared prefix: no VTA drop), ``"prune"`` (VTA drops tokens: they are removed
+        physically instead of masked), or ``"none"`` (``reuse_prefix=false`` or a composed partner)."""
+        p = self.params
+        if not p["reuse_prefix"] or partner is not None:
+            return "none"
+        return "prune" if (p["vta"] and p["beta"] > 0) else "prefix"
 
     def stage2_prompts(self, task: Task, branches: Sequence[str], wetr_spans: bool = False) -> list:
         p = self.params
@@ -434,7 +601,8 @@ class SEPM(Method):
         (``methods.compose``): it sees SEPM's kept set as already admitted, never re-admits a dropped token,
         and its per-sample record lands in ``extra[partner.name]``."""
         p = self.params
-        s1 = self.stage1(lm, samples, task)
+        mode = self.reuses(partner)
+        s1 = self.stage1(lm, samples, task, keep_cache=(mode == "prefix"))
         prompts = self.stage2_prompts(task, s1.branch, wetr_spans=bool(partner is not None and partner.wants_spans))
         batch = lm.encode(samples, prompts)  # the whole batch, once per stage
         # N_v per sample: from the stage-1 layouts when there was a forward, else from stage 2's
@@ -442,8 +610,10 @@ class SEPM(Method):
         n_visual = [int(l.visual.size) for l in ref.layouts]
         drop = self.dropping(samples, s1, n_visual)
         extra_ops = partner.ops_for(lm, batch, samples, admitted=keep_matrix(batch.layouts, drop)) if partner else ()
+        params = dict(p, prune=p["prune"] or (mode == "prune"))
         answers, _, batch, trace, texts = run_stage2(lm, samples, prompts, drop, batch=batch, extra_ops=extra_ops,
-                                                     params=p, with_trace=True)
+                                                     params=params, with_trace=True, reuse=s1)
+        s1.cache = None  # released whether or not it was used
         partner_preds = partner.predictions_from(answers, trace, batch, texts) if partner else None
         preds = []
         for b, a in enumerate(answers):
@@ -481,4 +651,5 @@ class SEPM(Method):
 
 __all__ = ["SEPM", "Stage1", "coarse_confidence", "drop_matrix", "significance", "n_dropped", "dropping_map",
            "random_dropping_map", "refined_visual_set", "fine_labels", "fine_prompt", "significance_rows",
-           "run_stage1", "run_stage2", "keep_matrix", "STRATEGIES", "BRANCHES"]
+           "run_stage1", "run_stage2", "keep_matrix", "shared_prefix", "reuse_inputs", "reuse_supported",
+           "STRATEGIES", "BRANCHES"]

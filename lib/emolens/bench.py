@@ -292,14 +292,14 @@ def format_table(res: dict) -> str:
 
 
 def main_bench(json_path: Optional[str] = None, quick: bool = False, methods: bool = False,
-               device: str = "auto", repeats: Optional[int] = None) -> dict:
+               device: str = "auto", repeats: Optional[int] = None, batch: int = 2, new_tokens: int = 8) -> dict:
     """Run the benchmark (mechanisms, or ``methods=True``: method-level cost, ``bench_methods``), print the
     table, optionally write JSON. ``quick``: emolens-tiny / the small config only. Returns the result dict."""
     if methods:
         from .bench_methods import format_methods, run_methods
 
         res = run_methods(models=("tiny",) if quick else ("tiny", "mid"), repeats=repeats or (1 if quick else 3),
-                          device=device)
+                          device=device, batch=batch, new_tokens=new_tokens, memory=not quick)
         print(format_methods(res))
     else:
         res = run_bench(quick=quick, repeats=repeats, device=device)

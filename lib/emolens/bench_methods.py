@@ -42,6 +42,10 @@ MID = dict(hidden_size=1024, num_hidden_layers=12, num_attention_heads=16, num_k
            intermediate_size=2816, max_position_embeddings=4096)
 MID_IMAGE = 168          # 8-px patches: 21 x 21 per frame, 4 frames -> 1764 visual tokens
 COMPOSITIONS = ("sepm+wetr", "ar+nts")
+#: SEPM before/after the stage sharing (issue 13): ``/recompute`` = ``reuse_prefix=false`` (stage 2 recomputes
+#: everything under a key mask); ``/no-vta`` = CCI + FP only (stage 2 continues stage 1's prefix KV cache)
+SEPM_VARIANTS = {"sepm/recompute": {"reuse_prefix": False}, "sepm/no-vta": {"vta": False},
+                 "sepm/no-vta/recompute": {"vta": False, "reuse_prefix": False}}
 
 
 def _lm_tiny(device, dtype):
@@ -72,13 +76,17 @@ def method_names() -> list:
     reg = registry()
     names = sorted(reg)
     names += [c for c in COMPOSITIONS]
-    names += [f"{n}+prune" for n in sorted(reg) if "prune" in reg[n].PARAMS]
+    # sepm's default (reuse_prefix=true) already prunes VTA's drop: "sepm+prune" would be the same run
+    names += [f"{n}+prune" for n in sorted(reg) if "prune" in reg[n].PARAMS and n != "sepm"]
+    names += list(SEPM_VARIANTS)
     return names
 
 
 def make(name: str, **params):
     from .methods import get_method
 
+    if name in SEPM_VARIANTS:
+        return get_method("sepm", **SEPM_VARIANTS[name], **params)
     if name.endswith("+prune"):
         return get_method(name[: -len("+prune")], prune=True, **params)
     return get_method(name, **params)
@@ -135,15 +143,14 @@ def bench_model(label: str, lm, samples, task, names, repeats: int, new_tokens: 
 
     device = lm.device
     methods = {n: (make(n), make(n, answer="generate", max_new_tokens=new_tokens)) for n in names}
-    # warm-up + FLOPs count + decode steps
+    # warm-up (one untimed generate, then) prefill with the FLOPs count; decode lengths from the timed rounds
     flops, steps = {}, {}
+    with torch.no_grad():
+        methods["zero-shot"][1].predict(lm, samples, task)
     for n, (m, g) in methods.items():
         with torch.no_grad(), _Flops(lm.model) as f:
             m.predict(lm, samples, task)
         flops[n] = f.total
-        with torch.no_grad():
-            preds = g.predict(lm, samples, task)
-        steps[n] = float(np.mean([len((p.generated or "").split()) for p in preds]))
     pre = {n: [] for n in names}
     tot = {n: [] for n in names}
     for r in range(repeats):
@@ -154,8 +161,9 @@ def bench_model(label: str, lm, samples, task, names, repeats: int, new_tokens: 
                 m.predict(lm, samples, task)
             pre[n].append(c.s)
             with torch.no_grad(), _Clock(device) as c:
-                g.predict(lm, samples, task)
+                preds = g.predict(lm, samples, task)
             tot[n].append(c.s)
+            steps[n] = float(np.mean([len((p.generated or "").split()) for p in preds]))
     z = "zero-shot"
     peaks = {n: _peak_fn(lambda _m=methods[n][0]: _m.predict(lm, samples, task), device) for n in names}
     out = {}
@@ -171,13 +179,14 @@ def bench_model(label: str, lm, samples, task, names, repeats: int, new_tokens: 
     return out
 
 
-def prune_equivalence(lm, samples, task) -> float:
-    """max |prune=true - mask mode| over NTS / WETR / SparseVLM answer logits and SEPM's option probs."""
+def prune_equivalence(lm, samples, task) -> dict:
+    """Per method, max |prune=true - mask mode|: NTS / WETR / SparseVLM answer logits, SEPM's option
+    probabilities (``reuse_prefix=false`` with and without ``prune``)."""
     from .intervene import Plan
     from .methods.common import fine_prompts, forward_logits
     from .prune import Prune
 
-    worst = 0.0
+    worst = {}
     for n in ("nts", "wetr", "sparsevlm"):
         m = make(n)
         if n == "sparsevlm":
@@ -188,15 +197,27 @@ def prune_equivalence(lm, samples, task) -> float:
             ops = m.plan_for(lm, batch, samples).ops
         a, _ = forward_logits(lm, batch, Plan(list(ops)))
         b, _ = forward_logits(lm, batch, Plan(list(ops) + [Prune()]))
-        worst = max(worst, float((a.float() - b.float()).abs().max()))
-    p0, p1 = make("sepm").predict(lm, samples, task), make("sepm+prune").predict(lm, samples, task)
-    for x, y in zip(p0, p1):
-        worst = max([worst] + [abs(x.option_probs[k] - y.option_probs[k]) for k in x.option_probs])
+        worst[n] = float((a.float() - b.float()).abs().max())
+    p0 = make("sepm", reuse_prefix=False).predict(lm, samples, task)
+    p1 = make("sepm+prune", reuse_prefix=False).predict(lm, samples, task)
+    worst["sepm"] = _max_prob_diff(p0, p1)
+    return worst
+
+
+def _max_prob_diff(p0, p1) -> float:
+    return max(abs(x.option_probs[k] - y.option_probs[k]) for x, y in zip(p0, p1) for k in x.option_probs)
+
+
+def sepm_reuse_equivalence(lm, samples, task) -> float:
+    """max |option prob| difference of SEPM with ``reuse_prefix`` against recomputation (default and no-VTA)."""
+    worst = 0.0
+    for a, b in (("sepm", "sepm/recompute"), ("sepm/no-vta", "sepm/no-vta/recompute")):
+        worst = max(worst, _max_prob_diff(make(a).predict(lm, samples, task), make(b).predict(lm, samples, task)))
     return worst
 
 
 def run_methods(models=("tiny", "mid"), repeats: int = 3, batch: int = 2, new_tokens: int = 8,
-                device: str = "auto", only: Optional[list] = None) -> dict:
+                device: str = "auto", only: Optional[list] = None, memory: bool = True) -> dict:
     from .data import load_dataset
     from .methods import Task
     from .models.base import resolve_device
@@ -209,6 +230,7 @@ def run_methods(models=("tiny", "mid"), repeats: int = 3, batch: int = 2, new_to
     if "zero-shot" not in names:
         names = ["zero-shot"] + list(names)
     res = {"methods": {}, "by_model": {}, "prune_equivalence_max_abs_logit_diff": 0.0,
+           "prune_equivalence_by_method": {}, "sepm_reuse_max_abs_prob_diff": 0.0,
            "config": {"device": str(dev), "dtype": str(dtype).replace("torch.", ""), "repeats": repeats,
                       "batch": batch, "dataset": "world-mer", "max_new_tokens": new_tokens,
                       "torch": torch.__version__, "threads": torch.get_num_threads(), "models": {},
@@ -225,9 +247,14 @@ def run_methods(models=("tiny", "mid"), repeats: int = 3, batch: int = 2, new_to
                                           "heads": cfg.num_attention_heads, "kv_heads": cfg.num_key_value_heads,
                                           "tokens": int(lay.seq_len), "visual": int(lay.visual.size)}
         res["by_model"][label] = bench_model(label, lm, samples, task, names, repeats, new_tokens)
-        res["prune_equivalence_max_abs_logit_diff"] = max(res["prune_equivalence_max_abs_logit_diff"],
-                                                          prune_equivalence(lm, samples, task))
+        eq = prune_equivalence(lm, samples, task)
+        res["prune_equivalence_by_method"][label] = eq
+        res["prune_equivalence_max_abs_logit_diff"] = max([res["prune_equivalence_max_abs_logit_diff"]] + list(eq.values()))
+        res["sepm_reuse_max_abs_prob_diff"] = max(res["sepm_reuse_max_abs_prob_diff"],
+                                                  sepm_reuse_equivalence(lm, samples, task))
         del lm
+    if memory:
+        res["memory_7b"] = memory_7b(device)
     # the headline table: the largest model measured
     res["methods"] = res["by_model"][models[-1]]
     return res
@@ -243,8 +270,23 @@ def format_methods(res: dict) -> str:
         for n, r in rows.items():
             lines.append(f"  {n:<22}{r['prefill_ratio']:>9.3f}{r['ratio']:>9.3f}{r['limit']:>8.3f}"
                          f"{r['efficiency']:>8.3f}{r['peak_memory_ratio']:>10.3f}")
-    lines.append(f"prune_equivalence_max_abs_logit_diff: {res['prune_equivalence_max_abs_logit_diff']:.2e}")
+    lines.append(f"prune_equivalence_max_abs_logit_diff: {res['prune_equivalence_max_abs_logit_diff']:.2e} "
+                 f"(by model and method: {res.get('prune_equivalence_by_method')})")
+    lines.append(f"sepm_reuse_max_abs_prob_diff: {res.get('sepm_reuse_max_abs_prob_diff', float('nan')):.2e}")
+    if "memory_7b" in res:
+        lines.append(_memory_line(res["memory_7b"]))
     return "\n".join(lines)
+
+
+def _memory_line(m: dict) -> str:
+    c = m["config"]
+    b, a = m["before"], m["after"]
+    return (f"NTS cross-modal capture, LLaVA-7B-shaped (hidden {c['hidden']}, {c['layers']} layers, {c['visual']} visual "
+            f"of {c['seq']} tokens, batch {c['batch']}; EXTRAPOLATED from {c['built_layers']} built layer(s)): stored "
+            f"{b['stored_mib_per_trigger']:.1f} MiB -> {a['stored_mib_per_trigger']:.1f} MiB per trigger layer; extra "
+            f"peak {b['extra_peak_mib_per_trigger']:.1f} -> {a['extra_peak_mib_per_trigger']:.1f} MiB per trigger; "
+            f"NTS {b['nts_extra_peak_mib']:.1f} -> {a['nts_extra_peak_mib']:.1f} MiB, WETR {b['wetr_extra_peak_mib']:.1f} "
+            f"-> {a['wetr_extra_peak_mib']:.1f} MiB (reduce={b['reduce']} -> {a['reduce']!r})")
 
 
 def markdown_methods(res: dict, targets: Optional[dict] = None) -> str:
@@ -262,5 +304,93 @@ def markdown_methods(res: dict, targets: Optional[dict] = None) -> str:
             out.append(f"| {n} | {r['prefill_ratio']:.3f} | {r['ratio']:.3f} | {r['limit']:.3f} | "
                        f"{r['efficiency']:.3f} | {r['peak_memory_ratio']:.3f} |")
         out.append("")
-    out.append(f"prune_equivalence_max_abs_logit_diff = {res['prune_equivalence_max_abs_logit_diff']:.2e}")
+    out.append(f"prune_equivalence_max_abs_logit_diff = {res['prune_equivalence_max_abs_logit_diff']:.2e}; "
+               f"sepm_reuse_max_abs_prob_diff = {res.get('sepm_reuse_max_abs_prob_diff', float('nan')):.2e}")
+    if "memory_7b" in res:
+        out.append("")
+        out.append(_memory_line(res["memory_7b"]))
     return "\n".join(out)
+
+
+# =========================================================================== the 7B-shaped memory figure
+#: LLaVA-1.5-7B's decoder (Vicuna-7B: hidden 4096, 32 layers, 32 heads, no GQA, MLP 11008) and input (576
+#: visual tokens after the projector; ~64 text tokens, 24 of them subtitle/content), at batch 4 (issue 16)
+LLAVA7B = dict(hidden=4096, layers=32, heads=32, kv_heads=32, head_dim=128, inter=11008, vocab=1024,
+               seq=640, visual=576, content=24, batch=4)
+
+
+def memory_7b(device: str = "auto", built_layers: int = 1, cfg: Optional[dict] = None) -> dict:
+    """Peak memory of NTS's cross-modal capture (every visual and content row against all keys, at each
+    trigger layer) on a LLaVA-7B-shaped random decoder, **extrapolated** from ``built_layers`` layers.
+
+    A random-initialised Qwen3 decoder of LLaVA-7B's width (``LLAVA7B``; ``built_layers`` layers, not 32:
+    the full model does not fit the bench machine in float32) runs one forward of batch 4 without a
+    capture, with ``Capture(reduce=None)`` (the full ``[B, H, R, K]`` float32 rows: the "before") and
+    with ``Capture(reduce=nts.CROSS_CAPTURE_REDUCE)`` (the "after") at one layer. Per trigger layer:
+    ``stored`` = the bytes the capture record keeps, ``extra_peak`` = activation peak with the capture
+    minus without (``bench._peak_fn``: CUDA max_memory_allocated, or the CPU profiler's allocator events).
+    The full model's figure is linear in the trigger layers: NTS acts at one layer (kept captures add
+    ``stored`` per further trigger: WETR's ``n`` triggers keep ``n x stored``; the temporaries are freed
+    after each layer, so the extra peak is ``(n - 1) x stored + extra_peak``).
+    """
+    from .bench import _device, _peak_fn, build
+    from .intervene import Capture, Plan, intervene
+    from .layout import TokenLayout
+    from .methods import get_method
+    from .methods import nts as N
+
+    c = dict(LLAVA7B, **(cfg or {}))
+    dev = _device(device)
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    model, inputs, _ = build(dict(c, layers=built_layers, q_rows=1), dev, dtype)
+    B, L, nv, nc = c["batch"], c["seq"], c["visual"], c["content"]
+    ids = inputs["input_ids"].expand(B, L).contiguous()
+    visual, content = np.arange(1, 1 + nv), np.arange(1 + nv, 1 + nv + nc)
+    lay = TokenLayout(seq_len=L, visual=visual, content=content,
+                      instruction=np.setdiff1d(np.arange(L), np.concatenate([visual, content])), answer=L - 1)
+    layouts = [lay] * B
+    rows = np.concatenate([visual, content])
+    trig = 0
+
+    def run(reduce=None, capture=True):
+        plan = Plan([Capture(layers=[trig], rows=[rows] * B, name="vc", reduce=reduce)]) if capture else None
+        with torch.no_grad():
+            if plan is None:
+                return model(input_ids=ids, use_cache=False), None
+            with intervene(model, layouts, plan) as tr:
+                out = model(input_ids=ids, use_cache=False)
+            return out, tr
+
+    A.install(model)
+    run(capture=False)  # warm-up
+    base = _peak_fn(lambda: run(capture=False)[0], dev)
+    res = {}
+    for label, red in (("before", None), ("after", N.CROSS_CAPTURE_REDUCE)):
+        peak = _peak_fn(lambda _r=red: run(_r)[0], dev)
+        _, tr = run(red)
+        rec = tr.get("vc", trig)
+        stored = sum(int(t.numel() * t.element_size()) for t in (rec.probs, rec.positions, rec.row_valid)
+                     if isinstance(t, torch.Tensor))
+        res[label] = {"reduce": red, "stored_mib_per_trigger": round(stored / 2**20, 2),
+                      "extra_peak_mib_per_trigger": round(max(0, peak - base) / 2**20, 2),
+                      "probs_shape": list(rec.probs.shape)}
+        del tr, rec
+    del model
+    n_layers = c["layers"]
+    trig_nts = get_method("nts").trigger_layers(n_layers)
+    trig_wetr = get_method("wetr").trigger_layers(n_layers)
+    for label, r in res.items():
+        s, e = r["stored_mib_per_trigger"], r["extra_peak_mib_per_trigger"]
+        r["nts_extra_peak_mib"] = round(e + (len(trig_nts) - 1) * s, 2)
+        r["wetr_extra_peak_mib"] = round(e + (len(trig_wetr) - 1) * s, 2)
+    return {"extrapolated": True,
+            "how": f"measured on {built_layers} random decoder layer(s) of LLaVA-7B width (capture at one layer), "
+                   f"extrapolated linearly to the {n_layers}-layer model's trigger layers (NTS {trig_nts}, WETR "
+                   f"{trig_wetr}); memory: " + ("torch.cuda.max_memory_allocated" if dev.type == "cuda" else
+                                                 "CPU profiler allocator events") + ", activation peak above the "
+                   "no-capture forward",
+            "config": {**{k: c[k] for k in ("hidden", "layers", "heads", "kv_heads", "head_dim", "inter", "seq",
+                                              "visual", "content", "batch")},
+                       "rows": int(rows.size), "device": str(dev), "dtype": str(dtype).replace("torch.", ""),
+                       "built_layers": built_layers},
+            "no_capture_peak_mib": round(base / 2**20, 2), **res}

@@ -13,11 +13,14 @@ def register(sub) -> None:
     b.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="auto: CUDA (events, bf16) when present, else CPU (float32)")
     b.add_argument("--repeats", type=int, default=None, help="interleaved timing rounds")
+    b.add_argument("--batch", type=int, default=2, help="--methods: samples per predict call")
+    b.add_argument("--new-tokens", type=int, default=8, help="--methods: greedy tokens of the total (generate) run")
     b.set_defaults(fn=run)
 
 
 def run(a) -> int:
     from ..bench import main_bench
 
-    main_bench(json_path=a.json, quick=a.quick, methods=a.methods, device=a.device, repeats=a.repeats)
+    main_bench(json_path=a.json, quick=a.quick, methods=a.methods, device=a.device, repeats=a.repeats,
+               batch=a.batch, new_tokens=a.new_tokens)
     return 0

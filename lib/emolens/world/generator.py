@@ -33,6 +33,16 @@ audio noise            std 0.75 * (1 + 0.25*eps) per feature
 subtitle filler        about eps extra filler words
 =====================  =============================================================================
 
+Version 2 (``version=2``, opt-in; issue 12, closer to real clips). Ground truth (label, per-modality
+label, cue_mask, cue words, the random streams) is generated exactly as in version 1; only the rendering
+changes: frames are 64 px by default (2 frames x 8 x 8 = 128 visual tokens per clip at emolens-tiny's
+8-px patch) while the face stays 13 px (never scaled), so the evidence covers about 6-9 of a frame's
+64 tokens; the scene has 2-6 objects' worth of clutter per 32 px tile (nuisance scales with the frame
+area); decoys appear from eps > 0 in larger numbers (between max(1, floor(eps/2)) and min(6, ceil(1.5*eps))),
+wear the expressions of real emotions (never the label's) and may be orange, close to the true face's
+yellow; the expression fades faster with eps (apex 1 - 0.08*eps, other frames in
+[0.7 - 0.08*eps, 0.85 - 0.06*eps], floored at 0.15), so the one-feature close pairs become confusable.
+
 At eps = 0 a clip is a near-plain background (gradient of +-10, pixel noise std 2), the objects and the
 face: the cues are crisp and consistent, so a small model can learn them; higher eps is a genuine
 test-time shift of every modality at once.
@@ -111,14 +121,21 @@ class EmoWorld:
             patches per frame. The face template is scaled by ``max(1, size // 32)``.
         p_text_emotion: probability that the subtitle contains an emotion word (else filler only).
         seed: world seed (non-negative int).
+        version: 1 (default world) or 2 (64-px frames, unscaled 13-px face, area-scaled clutter, more
+            and realistic decoys; see the module docstring). ``size`` defaults to 32 (v1) / 64 (v2).
     """
 
     patch = PATCH
 
     def __init__(self, view: str = "mer", *, eps: float = 0.0, conflict: str = "consistent",
-                 informative=("visual", "audio", "text"), frames: Optional[int] = None, size: int = 32,
-                 p_text_emotion: float = 0.5, seed: int = 0) -> None:
+                 informative=("visual", "audio", "text"), frames: Optional[int] = None, size: Optional[int] = None,
+                 p_text_emotion: float = 0.5, seed: int = 0, version: int = 1) -> None:
         self.view = _canonical_view(view)
+        if version not in (1, 2) or isinstance(version, bool):
+            raise ValueError(f"version must be 1 (the default world) or 2 (issue 12's larger, noisier clips), got {version!r}")
+        self.version = int(version)
+        if size is None:
+            size = 64 if self.version == 2 else 32
         spec = VIEWS[self.view]
         if not isinstance(eps, numbers.Real) or isinstance(eps, bool) or not math.isfinite(eps) \
                 or not 0.0 <= float(eps) <= EPS_MAX:
@@ -163,7 +180,7 @@ class EmoWorld:
         self.valence_groups: dict = {g: list(v) for g, v in spec["valence_groups"].items()}
         self.modalities: tuple = tuple(spec["modalities"])
         self.has_audio: bool = bool(spec["audio"])
-        self.scale = max(1, self.size // 32)
+        self.scale = 1 if self.version == 2 else max(1, self.size // 32)
         self.glyph_size = GLYPH * self.scale
 
     # ------------------------------------------------------------------ helpers
@@ -176,7 +193,8 @@ class EmoWorld:
         """The constructor arguments (JSON-serialisable), e.g. for recording a run."""
         return {"view": self.view, "eps": self.eps, "conflict": self.conflict,
                 "informative": list(self.informative), "frames": self.frames, "size": self.size,
-                "p_text_emotion": self.p_text_emotion, "seed": self.seed}
+                "p_text_emotion": self.p_text_emotion, "seed": self.seed,
+                **({"version": self.version} if self.version != 1 else {})}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config.items() if k != "view")
@@ -328,7 +346,9 @@ class EmoWorld:
         canvas = np.empty((n, n, 3), np.float32)
         canvas[:] = np.asarray(bg_rgb, np.float32)
         canvas += grad[..., None]
-        n_clutter = int(round(2 * eps))
+        v2 = self.version == 2
+        area = (n / 32.0) ** 2 if v2 else 1.0  # v2: nuisance per 32-px tile
+        n_clutter = int(round(2 * eps * area))
         if eps > 0:
             th = rn.random() * np.pi
             period = rn.uniform(3.0, 8.0) * s
@@ -364,12 +384,20 @@ class EmoWorld:
         # ---- decoys (eps > 0)
         decoys = []
         if eps > 0:
-            lo, hi = int(eps // 3), min(3, int(math.ceil(eps / 2)))
+            if v2:
+                lo, hi = max(1, int(eps // 2)), min(6, int(math.ceil(1.5 * eps)))
+            else:
+                lo, hi = int(eps // 3), min(3, int(math.ceil(eps / 2)))
             n_dec = int(rd.integers(lo, hi + 1))
+            fills = DECOY_FILLS + ((("orange", (236, 166, 60)),) if v2 else ())
+            others = [e for e in EXPRESSIONS if e != v_emo]
             for _ in range(n_dec):
-                fname, frgb = DECOY_FILLS[int(rd.integers(len(DECOY_FILLS)))]
-                expr = (MOUTHS[int(rd.integers(len(MOUTHS)))], BROWS[int(rd.integers(len(BROWS)))],
-                        EYES[int(rd.integers(len(EYES)))])
+                fname, frgb = fills[int(rd.integers(len(fills)))]
+                if v2:  # a real emotion's expression, never the one the true face shows
+                    expr = tuple(EXPRESSIONS[others[int(rd.integers(len(others)))]])
+                else:
+                    expr = (MOUTHS[int(rd.integers(len(MOUTHS)))], BROWS[int(rd.integers(len(BROWS)))],
+                            EYES[int(rd.integers(len(EYES)))])
                 inten = float(rd.uniform(0.6, 1.0))
                 off = g // 2  # a decoy may be cut by the frame border by up to half its size
                 for _try in range(200):
@@ -387,8 +415,12 @@ class EmoWorld:
         # ---- the true face, per frame, then pixel noise
         expr = EXPRESSIONS[v_emo] if v_emo is not None else BLANK_EXPRESSION
         code = face_template(*expr, scale=s)
-        apex_int = 1.0 - 0.04 * eps
-        lo_i, hi_i = 0.75 - 0.06 * eps, 0.9 - 0.04 * eps
+        if self.version == 2:
+            apex_int = max(0.15, 1.0 - 0.08 * eps)
+            lo_i, hi_i = max(0.15, 0.7 - 0.08 * eps), max(0.15, 0.85 - 0.06 * eps)
+        else:
+            apex_int = 1.0 - 0.04 * eps
+            lo_i, hi_i = 0.75 - 0.06 * eps, 0.9 - 0.04 * eps
         intensity = [apex_int if t == apex else float(lo_i + u_int[t] * (hi_i - lo_i)) for t in range(T)]
         noise_std = 2.0 + 4.0 * eps
         out = np.empty((T, n, n, 3), np.uint8)

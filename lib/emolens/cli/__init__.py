@@ -10,6 +10,7 @@ notebooks      :mod:`.notebooks`           :func:`emolens.runner.run_collection`
 sweep          :mod:`.sweep`               :func:`emolens.sweep.run_sweep`
 bench          :mod:`.bench`               :func:`emolens.bench.main_bench`
 data           :mod:`.data`                :func:`emolens.data.data_check_main`
+card           :mod:`.card`                :func:`emolens.models.regime.measure_regime`
 =============  ==========================  ===============================================
 
 Every error the user can cause prints one line naming the fix (exit 2). The library never imports
@@ -24,7 +25,7 @@ import sys
 DESCRIPTION = "The `emolens` command. Every error the user can cause prints one line naming the fix (exit 2)."
 
 #: subcommand modules, in the order ``emolens --help`` lists them
-COMMANDS = ("eval", "train_tiny", "notebooks", "sweep", "bench", "data")
+COMMANDS = ("eval", "train_tiny", "notebooks", "sweep", "bench", "data", "card")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,17 @@ from .base import Batch, LoadedModel, resolve_device, resolve_dtype
 
 TINY_NAME = "emolens-tiny"
 TINY_DIR = Path(__file__).resolve().parents[1] / "checkpoints" / TINY_NAME
+CHECKPOINTS = TINY_DIR.parent
+
+
+def shipped_tiny(name) -> Path | None:
+    """The folder of a shipped emolens-tiny checkpoint by name (``emolens-tiny``, ``emolens-tiny-v2``,
+    ``emolens-tiny-v2-audio4`` ...: any folder under ``emolens/checkpoints``), else None."""
+    if name is None:
+        return TINY_DIR
+    if isinstance(name, str) and name.startswith(TINY_NAME) and "/" not in name and (CHECKPOINTS / name / "config.json").is_file():
+        return CHECKPOINTS / name
+    return None
 
 __all__ = ["load_model", "Batch", "LoadedModel", "TINY_NAME", "TINY_DIR", "resolve_device", "resolve_dtype"]
 
@@ -33,7 +44,8 @@ def load_model(name_or_path: str = TINY_NAME, device: str = "auto", dtype="auto"
     """Load a model for emolens.
 
     Args:
-        name_or_path: ``"emolens-tiny"`` (the embedded default, shipped in the package), a folder
+        name_or_path: ``"emolens-tiny"`` (the embedded default, shipped in the package), another shipped
+            checkpoint by name (``"emolens-tiny-v2"`` and its variants, issue 12), a folder
             holding an emolens-tiny checkpoint (e.g. from ``emolens train-tiny``), or a local folder /
             locally cached Hugging Face id of a LLaVA, Qwen2-VL, Qwen2.5-VL, Qwen3-VL or InternVL model.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``.
@@ -49,10 +61,11 @@ def load_model(name_or_path: str = TINY_NAME, device: str = "auto", dtype="auto"
     """
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    if name_or_path in (TINY_NAME, None) or _is_tiny_folder(Path(os.path.expanduser(str(name_or_path)))):
+    shipped = shipped_tiny(name_or_path)
+    if name_or_path == TINY_NAME or shipped is not None or _is_tiny_folder(Path(os.path.expanduser(str(name_or_path)))):
         from .tiny import load_tiny, read_card
 
-        path = TINY_DIR if name_or_path in (TINY_NAME, None) else Path(os.path.expanduser(str(name_or_path)))
+        path = shipped or (TINY_DIR if name_or_path == TINY_NAME else Path(os.path.expanduser(str(name_or_path))))
         if not (path / "config.json").is_file():
             raise FileNotFoundError(
                 f"the embedded emolens-tiny checkpoint is missing at {path}; reinstall emolens or run "

@@ -344,14 +344,15 @@ def default_text_config(vocab_size: int, **over) -> dict:
     return cfg
 
 
-def build_model(tokenizer, *, seed: int = 0, image_size: int = 32, vision_encoder: str = "conv", **text_over) -> EmolensTinyForConditionalGeneration:
+def build_model(tokenizer, *, seed: int = 0, image_size: int = 32, vision_encoder: str = "conv", audio_tokens: int = 1,
+                **text_over) -> EmolensTinyForConditionalGeneration:
     from transformers import Qwen3Config
 
     torch.manual_seed(seed)
     tc = Qwen3Config(**default_text_config(len(tokenizer), **text_over))
     cfg = EmolensTinyConfig(text_config=tc, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
                             audio_token_id=tokenizer.convert_tokens_to_ids("<audio>"), image_size=image_size,
-                            vision_encoder=vision_encoder)
+                            vision_encoder=vision_encoder, audio_tokens=audio_tokens)
     cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id = 0, 2, 3
     return EmolensTinyForConditionalGeneration(cfg)
 

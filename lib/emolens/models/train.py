@@ -52,8 +52,11 @@ def _worlds(seed: int):
 
 def _vocab() -> list:
     from ..world import vocabulary
+    from .pretrain import all_texts
 
     words = set(vocabulary()) | set(P.vocabulary()) | {"Subtitle", ":"}
+    for t in all_texts():
+        words.update(P.split_words(t))
     from ..world import EMOTIONS
 
     words |= set(EMOTIONS)
@@ -99,7 +102,7 @@ def make_example(ws: dict, rng: np.random.Generator):
 
 
 def pretrain_vision(model, proc, seed: int, steps: int, batch_size: int = 64, lr: float = 3e-3,
-                    progress: bool = True) -> list:
+                    progress: bool = True, version: int = 1) -> list:
     """Stage 0 (like the pretrained vision tower every real MLLM starts from): train the patch encoder
     with a linear probe on max-pooled visual tokens to name the face glyph's emotion (all 12 world
     emotions), on visual-only low-noise samples. The probe is discarded; the encoder is then frozen
@@ -109,7 +112,8 @@ def pretrain_vision(model, proc, seed: int, steps: int, batch_size: int = 64, lr
 
     from ..world import EMOTIONS, EmoWorld
 
-    ws = [EmoWorld(v, eps=e, informative=("visual",), seed=seed + 1) for v in ("mer", "emoset") for e in (0.0, 0.5, 1.0, 1.5)]
+    ws = [EmoWorld(v, eps=e, informative=("visual",), seed=seed + 1, version=version)
+          for v in ("mer", "emoset") for e in (0.0, 0.5, 1.0, 1.5)]
     rng = np.random.default_rng(seed + 1)
     hidden = model.config.text_config.hidden_size
     probe = torch.nn.Linear(hidden, len(EMOTIONS))
@@ -141,7 +145,8 @@ def w_valence(label: str) -> str:
 
 
 def train_tiny(out: str, *, seed: int = 0, steps: int = 800, batch_size: int = 32, lr: float = 3e-3,
-               vision_steps: int = 300, time_budget_s: Optional[float] = None, progress: bool = True) -> dict:
+               vision_steps: int = 300, time_budget_s: Optional[float] = None, progress: bool = True,
+               recipe: str = "v1", audio_tokens: int = 1) -> dict:
     """Train emolens-tiny and save it (model, tokenizer, ``train_log.json``) to ``out``.
 
     Args:
@@ -150,7 +155,13 @@ def train_tiny(out: str, *, seed: int = 0, steps: int = 800, batch_size: int = 3
         steps: optimizer steps (cosine schedule with warm-up).
         batch_size: examples per step.
         vision_steps: stage-0 steps pretraining the vision encoder (see :func:`pretrain_vision`).
-        time_budget_s: stop early (and say so in the log) when the wall clock exceeds this.
+        time_budget_s: stop early (and say so in the log) when the wall clock exceeds this. With
+            ``recipe="v2"`` the step count is also shrunk after 10 steps to what the budget allows at the
+            measured s/step, so the cosine schedule still anneals.
+        recipe: ``"v1"`` (the shipped emolens-tiny: benchmark-view mixture, 32-px frames) or ``"v2"``
+            (issue 12: the generic pretraining mixture of :mod:`emolens.models.pretrain` on EmoWorld
+            version 2 scenes, 64-px frames, no method prompt text).
+        audio_tokens: audio placeholder tokens per clip (MoSEAR Fig. 3c variants).
     Returns:
         the training log dict.
     """
@@ -163,25 +174,35 @@ def train_tiny(out: str, *, seed: int = 0, steps: int = 800, batch_size: int = 3
         raise FileExistsError(f"{outp} exists and is not empty; choose a new --out folder (nothing is overwritten)")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    ws = _worlds(seed)
+    if recipe not in ("v1", "v2"):
+        raise ValueError(f"recipe must be 'v1' or 'v2', got {recipe!r}")
+    v2 = recipe == "v2"
+    if v2:
+        from .pretrain import make_pretraining_example, pretraining_worlds
+
+        ws, draw = pretraining_worlds(seed), make_pretraining_example
+    else:
+        ws, draw = _worlds(seed), make_example
     tok = build_tokenizer(_vocab())
-    model = build_model(tok, seed=seed)
+    model = build_model(tok, seed=seed, image_size=64 if v2 else 32, audio_tokens=audio_tokens)
     proc = TinyProcessor(tok, model.config)
     n_params = sum(p.numel() for p in model.parameters())
     t_start = time.time()
-    vision_losses = pretrain_vision(model, proc, seed, vision_steps, progress=progress) if vision_steps else []
+    vision_losses = pretrain_vision(model, proc, seed, vision_steps, progress=progress,
+                                    version=2 if v2 else 1) if vision_steps else []
     vision_s = time.time() - t_start
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01,
                             betas=(0.9, 0.98))
+    plan = {"steps": steps}
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / plan["steps"]))))
     model.train()
     t0 = time.time()
     losses, done, stopped_early = [], 0, False
     bar = tqdm(range(steps), desc="train emolens-tiny", disable=not progress)
     for step in bar:
-        ex = [make_example(ws, rng) for _ in range(batch_size)]
+        ex = [draw(ws, rng) for _ in range(batch_size)]
         batch = proc([e[0] for e in ex], [e[1] for e in ex])
         target = torch.tensor([tok.convert_tokens_to_ids(e[1].target) for e in ex])
         out_ = model(**batch.inputs, logits_to_keep=1, use_cache=False)
@@ -193,6 +214,11 @@ def train_tiny(out: str, *, seed: int = 0, steps: int = 800, batch_size: int = 3
         sched.step()
         losses.append(float(loss.detach()))
         done = step + 1
+        if v2 and time_budget_s is not None and step == 9:
+            per = (time.time() - t0) / 10
+            plan["steps"] = max(10, min(steps, int(time_budget_s / per)))
+        if step + 1 >= plan["steps"]:
+            break
         if step % 20 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         if time_budget_s is not None and time.time() - t0 > time_budget_s:
@@ -205,7 +231,7 @@ def train_tiny(out: str, *, seed: int = 0, steps: int = 800, batch_size: int = 3
     outp.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(outp))
     tok.save_pretrained(str(outp))
-    log = {"seed": seed, "steps_planned": steps, "steps_done": done, "batch_size": batch_size, "lr": lr,
+    log = {"seed": seed, "recipe": recipe, "audio_tokens": audio_tokens, "steps_planned": plan["steps"], "steps_done": done, "batch_size": batch_size, "lr": lr,
            "train_seconds": round(train_s + vision_s, 1), "vision_seconds": round(vision_s, 1),
            "vision_steps": vision_steps, "vision_final_loss": float(np.mean(vision_losses[-20:])) if vision_losses else None,
            "stopped_early_by_time_budget": stopped_early,

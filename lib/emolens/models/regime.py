@@ -176,3 +176,24 @@ def table(card: dict) -> str:
     for k, ok in criteria(card).items():
         lines.append(f"  [{'x' if ok else ' '}] {k}")
     return "\n".join(lines)
+
+
+def write_regime_card(path, *, n: int = 600, seed: int = 4242) -> dict:
+    """Measure the checkpoint at ``path`` (test split) and write ``model_card.json`` beside it: the regime
+    card, the preregistered criteria, the pretraining statistics (v2 recipe) and the training log."""
+    from . import load_model
+    from .pretrain import PRETRAINING_STATISTICS
+
+    lm = load_model(str(path), attn="emolens")
+    card = measure_regime(lm, n=n, seed=seed)
+    card["criteria"] = criteria(card)
+    log = Path(path) / "train_log.json"
+    if log.is_file():
+        t = json.loads(log.read_text())
+        card["training"] = {k: t[k] for k in ("seed", "recipe", "audio_tokens", "steps_done", "batch_size",
+                                               "train_seconds", "n_params", "final_loss_mean_last50") if k in t}
+        if t.get("recipe") == "v2":
+            card["pretraining_statistics"] = PRETRAINING_STATISTICS
+    card["summary"] = table(card)
+    (Path(path) / "model_card.json").write_text(json.dumps(card, indent=2))
+    return card

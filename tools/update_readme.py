@@ -28,6 +28,12 @@ def card_md(card: dict) -> str:
     lines += [f"| world-emoset, only {k} | {x:.3f} |" for k, x in card.get("single_modality_emoset", {}).items()]
     lines += ["", "| eps (world-mer) | " + " | ".join(e) + " |", "|---|" + "---:|" * len(e),
               "| WAR | " + " | ".join(f"{x:.3f}" for x in e.values()) + " |"]
+    oo = card.get("option_order")
+    if oo:  # zero-shot with the options in the template's order vs shuffled per sample (letter-position bias)
+        lines += ["", "| zero-shot WAR | options in order | options shuffled per sample |", "|---|---:|---:|"]
+        lines += [f"| {k} | {x['in_order']:.3f} | {x['shuffled']:.3f} |" for k, x in oo.items()]
+        lines += ["", "Shuffled accuracy at chance: this model answers by the options' *positions* (it was trained "
+                      "with one letter per emotion), not by reading them; see the verdicts below and issue 12."]
     if t:
         lines += ["", f"Training: seed {t.get('seed')}, {t.get('steps_done')} steps of batch {t.get('batch_size')}, "
                       f"{t.get('n_params'):,} parameters, final loss {t.get('final_loss_mean_last50', float('nan')):.3f}."]

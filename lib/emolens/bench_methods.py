@@ -5,8 +5,9 @@ Models:
 
 * ``tiny``: the shipped emolens-tiny (hidden 128, 8 layers, ~100 tokens, 64 visual);
 * ``mid``: the emolens-tiny architecture, random-initialised at hidden 1024, 12 layers (16 / 4 heads,
-  MLP 2816), frames resized so each sample has 4 x 21 x 21 = 1764 visual tokens of ~1870 (the
-  proportions of a real 7B VLM input). Random weights: the cost is what is measured, not accuracy.
+  MLP 2816), frames resized to 21 x 21 tokens each: world-mer's 2-frame clips give 882 visual tokens of
+  ~930 (a 7B VLM input's visual share, half its length; 4-frame data would give 1764 of ~1870).
+  Random weights: the cost is what is measured, not accuracy.
 
 Per method (every name in ``methods.registry()``, two compositions, and ``NAME+prune`` for every
 method with a ``prune`` parameter):
@@ -40,7 +41,7 @@ from . import attention as A
 
 MID = dict(hidden_size=1024, num_hidden_layers=12, num_attention_heads=16, num_key_value_heads=4, head_dim=64,
            intermediate_size=2816, max_position_embeddings=4096)
-MID_IMAGE = 168          # 8-px patches: 21 x 21 per frame, 4 frames -> 1764 visual tokens
+MID_IMAGE = 168          # 8-px patches: 21 x 21 per frame (world-mer: 2 frames -> 882 visual tokens)
 COMPOSITIONS = ("sepm+wetr", "ar+nts")
 #: SEPM before/after the stage sharing (issue 13): ``/recompute`` = ``reuse_prefix=false`` (stage 2 recomputes
 #: everything under a key mask); ``/no-vta`` = CCI + FP only (stage 2 continues stage 1's prefix KV cache)

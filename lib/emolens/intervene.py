@@ -520,6 +520,17 @@ class _CaptureOps:
                 layer_recs[name] = rec
 
 
+def _cached(cache: dict, tag, objs: tuple, make):
+    """``cache`` keyed by the identity of ``objs`` (tensors, row sets): the entry keeps the objects
+    themselves alive, so their ``id``s cannot be reused by other (freed and reallocated) objects while
+    the entry exists, which would return a stale mask for a different tensor."""
+    ck = (tag,) + tuple(id(o) for o in objs)
+    got = cache.get(ck)
+    if got is None or any(a is not b for a, b in zip(got[0], objs)):
+        got = cache[ck] = (objs, make())
+    return got[1]
+
+
 class _KeyMaskOps:
     """``KeyMask`` (static, from the plan) and ``LayerContext.mask_keys`` (dynamic, from a callback;
     cleared at each prefill): the combined keep vector per layer and the masked attention call."""
@@ -568,16 +579,10 @@ class _KeyMaskOps:
         B, _, Q, _ = query.shape
         K = key.shape[2]
         if attention_mask is None and Q == K and kwargs.get("sliding_window") is None:
-            ck = ("compact", id(keep))
-            idx = self.cache.get(ck, False)
-            if idx is False:
-                idx = self.cache[ck] = _attn.compact_index(keep)
+            idx = _cached(self.cache, "compact", (keep,), lambda: _attn.compact_index(keep))
             if idx is not None:
                 return _attn.compact_attention(module, query, key, value, idx, scaling, dropout, kwargs)
-        ck = ("full", id(keep), id(attention_mask))
-        mask = fwd.mask_cache.get(ck)
-        if mask is None:
-            mask = fwd.mask_cache[ck] = _attn.full_allowed(attention_mask, B, Q, K, keep)
+        mask = _cached(fwd.mask_cache, "full", (keep, attention_mask), lambda: _attn.full_allowed(attention_mask, B, Q, K, keep))
         return _attn.sdpa(module, query, key, value, mask, scaling, dropout, kwargs)
 
 
@@ -800,12 +805,10 @@ class _Session:
 
     def _allowed(self, fwd, rows: _RowsOnDevice, attention_mask, K, keep):
         """(allowed, ~allowed) [B, 1, R, K] for these rows, computed once per forward."""
-        ck = ("rows", id(rows), id(attention_mask), id(keep), K)
-        got = fwd.mask_cache.get(ck)
-        if got is None:
+        def make():
             allowed = _attn.row_allowed(attention_mask, rows.qidx, rows.pos, K, keep)
-            got = fwd.mask_cache[ck] = (allowed, ~allowed)
-        return got
+            return allowed, ~allowed
+        return _cached(fwd.mask_cache, ("rows", K), (rows, attention_mask, keep), make)
 
     def _record(self, name, layer, step, probs, rows: _RowsOnDevice):
         return AttnCapture(name=name, layer=layer, step=step, probs=probs, positions=rows.pos, row_valid=rows.valid)

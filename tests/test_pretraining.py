@@ -99,3 +99,23 @@ def test_world_v2_token_budget():
     assert np.mean([s.meta["n_decoys"] for s in ss]) >= 1
     with pytest.raises(ValueError, match="version must be 1"):
         EmoWorld("mer", version=3)
+
+
+def test_recipe_v2_smoke(tmp_path):
+    """train-tiny's v2 recipe runs end to end: 64-px model, chosen audio tokens, recipe in the log."""
+    import json
+
+    from emolens.models.train import train_tiny
+    from emolens import load_model
+
+    log = train_tiny(str(tmp_path / "m"), steps=2, batch_size=2, vision_steps=0, recipe="v2", audio_tokens=4,
+                     progress=False)
+    assert log["recipe"] == "v2" and log["steps_done"] == 2 and log["audio_tokens"] == 4
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["image_size"] == 64 and cfg["audio_tokens"] == 4
+    lm = load_model(str(tmp_path / "m"))
+    s = EmoWorld("mer", version=2).sample("test", 0)
+    lay = lm.encode([s], [P.fine_query(["anger", "neutral"])]).layouts[0]
+    assert len(lay.visual) == 128 and len(lay.audio) == 4
+    with pytest.raises(ValueError, match="recipe must be"):
+        train_tiny(str(tmp_path / "n"), steps=1, recipe="v3", progress=False)

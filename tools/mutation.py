@@ -41,25 +41,26 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 ROOT = Path(__file__).resolve().parents[1]
 
 T = "tests/"
-NTS_T = [T + "test_nts_str.py::test_norm_hand_cases", T + "test_nts_str.py::test_contrastive_utility_and_score_hand_cases",
+EDGES = T + "test_equation_edges.py"
+NTS_T = [EDGES, T + "test_nts_str.py::test_norm_hand_cases", T + "test_nts_str.py::test_contrastive_utility_and_score_hand_cases",
          T + "test_nts_str.py::test_top_p_hand_cases", T + "test_nts_str.py::test_selection_mask_keeps_everything_outside_the_candidates",
          T + "test_mutation_targets.py::test_contrastive_utility_ranks_by_a_pos_minus_a_neg",
          T + "test_references.py::test_nts_keep_set_equals_an_eager_numpy_reference",
          T + "test_nts_str.py::test_nts_keeps_ceil_p_n_and_every_instruction_and_audio_token"]
-STR_T = [T + "test_nts_str.py::test_str_symbols_hand_cases", T + "test_references.py::test_str_gamma_equals_a_numpy_reference",
+STR_T = [EDGES, T + "test_nts_str.py::test_str_symbols_hand_cases", T + "test_references.py::test_str_gamma_equals_a_numpy_reference",
          T + "test_nts_str.py::test_str_anchors_are_clamped"]
-AR_T = [T + "test_mutation_targets.py::test_biased_heads_at_c_equal_tau_exactly",
+AR_T = [EDGES, T + "test_mutation_targets.py::test_biased_heads_at_c_equal_tau_exactly",
         T + "test_mutation_targets.py::test_a_head_at_the_layer_ratio_is_not_biased",
         T + "test_ar.py::test_worked_example_and_edge_cases", T + "test_ar.py::test_reallocate_head_is_the_closed_form",
         T + "test_ar.py::test_reallocate_errors_are_one_line",
         T + "test_mutation_targets.py::test_biased_heads_and_reallocate_follow_eq7_at_observed_ratios",
         T + "test_ar.py::test_reallocate_properties"]
-SEPM_T = [T + "test_sepm.py::test_equations_on_small_arrays", T + "test_mutation_targets.py::test_confidence_hand_values",
+SEPM_T = [EDGES, T + "test_sepm.py::test_equations_on_small_arrays", T + "test_mutation_targets.py::test_confidence_hand_values",
           T + "test_mutation_targets.py::test_confidence_is_the_population_variance_of_the_two_probabilities",
           T + "test_sepm.py::test_confidence_is_eq4_of_the_vocab_softmax",
           T + "test_sepm.py::test_significance_and_dropping_map_match_eager_attention",
           T + "test_sepm.py::test_random_strategy_is_seeded"]
-METRICS_T = [T + "test_metrics.py", T + "test_mutation_targets.py::test_confidence_hand_values",
+METRICS_T = [EDGES, T + "test_metrics.py", T + "test_mutation_targets.py::test_confidence_hand_values",
              T + "test_mutation_targets.py::test_confidence_is_the_population_variance_of_the_two_probabilities"]
 
 #: module -> (equation functions, the module's tests in the order they run)
@@ -209,6 +210,7 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant (a timeout counts as killed)")
     ap.add_argument("--json", default="runs/mutation.json")
+    ap.add_argument("--rerun", help="a previous --json: run only the mutants that survived there")
     a = ap.parse_args(argv)
     os.chdir(ROOT)
     sys.path.insert(0, str(ROOT / "tests"))
@@ -224,6 +226,18 @@ def main(argv=None) -> int:
                 continue
             for desc, line, code in mutants(mod, name):
                 jobs.append((mod_name, name, desc, line, code, tests))
+    if a.rerun:
+        from collections import Counter
+
+        left = Counter((r["module"], r["function"], r["line"], r["mutation"])
+                       for r in json.loads(Path(a.rerun).read_text())["mutants"] if r["verdict"] == "survived")
+        keep = []
+        for j in jobs:
+            key = (j[0], j[1], j[3], j[2])
+            if left[key] > 0:
+                left[key] -= 1
+                keep.append(j)
+        jobs = keep
     print(f"{len(jobs)} mutants in {len({(j[0], j[1]) for j in jobs})} functions", flush=True)
     if a.list:
         for j in jobs:

@@ -16,7 +16,6 @@ confidence C (Eq. 4) ranks right coarse answers above wrong ones (ROC AUC > 0.5)
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from pathlib import Path
 
@@ -29,19 +28,9 @@ from emolens import prompts as P  # noqa: E402
 from emolens.methods import Task, get_method  # noqa: E402
 from emolens.models import load_model  # noqa: E402
 from emolens.world import EmoWorld  # noqa: E402
+from test_nts_str import _model_name  # noqa: E402  (one model-or-skip rule for the model tests)
 from references import (capture_qk, check_nts_against_reference, eager_attention, qk_uses_rope,  # noqa: E402
                         ref_gamma, ref_nts_scores, ref_rope)
-
-
-def _model_name() -> str:
-    from emolens.models import TINY_DIR
-
-    if (Path(TINY_DIR) / "config.json").is_file():
-        return "emolens-tiny"
-    env = os.environ.get("EMOLENS_TEST_MODEL")
-    if env:
-        return env
-    pytest.skip("the embedded emolens-tiny checkpoint is missing (set EMOLENS_TEST_MODEL to a tiny checkpoint)")
 
 
 @pytest.fixture(scope="module")

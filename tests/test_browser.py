@@ -107,7 +107,8 @@ def test_make_lab_serves_the_notebooks_on_localhost_with_a_token():
         assert {"01_nts.ipynb", "01_nts.py", "04_sepm.ipynb"} <= names, "make lab must open notebooks/"
         specs = json.loads(_get(f"{base}/api/kernelspecs?token={token}")[1])
         python = Path(specs["kernelspecs"]["python3"]["spec"]["argv"][0])
-        assert python.parent == Path(sys.executable).parent, f"kernel {python} is not this venv's python"
+        # the project's venv, the one `make lab` runs (under `make test-latest` the tests run in .venv-latest)
+        assert python.parent == Path(REPO) / ".venv" / "bin", f"kernel {python} is not the project venv's python"
         assert _get(f"{base}/lab?token={token}")[0] == 200
     with pytest.raises(OSError):  # stopped: the port no longer answers
         _get(f"{base}/api/status?token={token}", timeout=2)

@@ -184,13 +184,18 @@ NOTEBOOK_STATE = """() => {
 
 def _run_notebook(page, base, token, name, timeout=600):
     page.goto(f"{base}/lab/tree/{name}?token={token}")
-    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget "
-                           "&& window.jupyterapp.shell.currentWidget.context", timeout=120_000)
+    # the restored workspace may still show the previous notebook: wait until *this* one is current
+    page.wait_for_function("(name) => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget; "
+                           "return w && w.context && w.context.path.endsWith(name); }", arg=name, timeout=120_000)
     page.wait_for_selector(".jp-Notebook .jp-Cell", state="attached", timeout=60_000)
     page.evaluate(RUN_ALL_AND_WAIT)
     t0 = time.time()
+    retried = False
     while True:
         st = page.evaluate(NOTEBOOK_STATE)
+        if not retried and st["done"] == 0 and st["running"] == 0 and time.time() - t0 > 30:
+            page.evaluate(RUN_ALL_AND_WAIT)   # a Run All issued while the kernel was still connecting
+            retried = True
         if st["errors"] or time.time() - t0 > timeout or (st["done"] == 0 and st["running"] == 0 and time.time() - t0 > 60):
             page.screenshot(path=str(SHOTS / f"{Path(name).stem}_failed.png"))
             assert not st["errors"], f"{name}: {st['errors']}"

@@ -142,3 +142,26 @@ def test_confidence_from_logits_is_stable_for_large_logits():
 
     # the log-sum-exp shift by the max keeps exp() finite: p_A = 1, p_B = 0 -> C = 1/4
     assert confidence_from_logits(np.array([800.0, 0.0, -800.0]), 0, 1) == pytest.approx(0.25)
+
+
+# --------------------------------------------------------------------------- STR (WETR Eq. 9-10)
+def test_reconstruction_error_without_targets_is_the_head_mean_key_norm():
+    # nothing to reconstruct from (the other modality kept nothing): e_i = ||k_i||, head-averaged, per token
+    from emolens.methods.reweight import reconstruction_error
+
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(4, 5, 8, generator=g), torch.randn(2, 5, 8, generator=g)
+    e = reconstruction_error(q, k, [0, 1, 2], [])
+    assert e.shape == (3,)
+    np.testing.assert_allclose(e, k[:, :3].norm(dim=-1).mean(0).numpy(), rtol=1e-6)
+
+
+def test_gate_temperature_zero_is_refused_and_the_flat_threshold_is_inclusive():
+    from emolens.methods.reweight import gate
+
+    with pytest.raises(ValueError, match="temp"):
+        gate([0.1, 0.5], temp=0.0)
+    # a score range of exactly 1e-12 is a constant set (<=): every member is the top token (Norm = 1)
+    flat = gate([0.0, 1e-12])
+    np.testing.assert_allclose(flat, [1 / (1 + np.exp(-5.0))] * 2)
+    np.testing.assert_allclose(gate([0.0, 1e-9]), 1 / (1 + np.exp(-(np.array([0.0, 1.0]) - 0.5) / 0.1)))

@@ -165,3 +165,13 @@ def test_gate_temperature_zero_is_refused_and_the_flat_threshold_is_inclusive():
     flat = gate([0.0, 1e-12])
     np.testing.assert_allclose(flat, [1 / (1 + np.exp(-5.0))] * 2)
     np.testing.assert_allclose(gate([0.0, 1e-9]), 1 / (1 + np.exp(-(np.array([0.0, 1.0]) - 0.5) / 0.1)))
+
+
+def test_reconstruction_error_input_checks_and_empty_source():
+    from emolens.methods.reweight import reconstruction_error
+
+    q, k = torch.randn(4, 5, 8), torch.randn(2, 5, 8)
+    assert reconstruction_error(q, k, [], [1, 2]).shape == (0,)       # nothing to reconstruct: no errors
+    for bad_q, bad_k in ((q[0], k), (q, k[0]), (q[:, :4], k), (q[..., :4], k)):
+        with pytest.raises(ValueError, match="q must be"):
+            reconstruction_error(bad_q, bad_k, [0], [1])

@@ -45,6 +45,7 @@ def test_second_call_reads_the_cache_without_running_the_model(lm, tmp_path):
     assert a["predictions"] == b["predictions"] and len(b["predictions"]) == N
     assert {"uid", "gold", "label", "option_probs"} <= set(b["predictions"][0])
     assert list(tmp_path.glob("*.tmp")) == []  # the atomic write left no temporary file
+    assert len(b["cache"]["identity"]["code"]) == 64  # the library's source is part of the key
     assert json.loads(open(a["cache"]["path"]).read())["metrics"] == a["metrics"]
 
 

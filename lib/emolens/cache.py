@@ -14,7 +14,9 @@ The key is the sha256 of a canonical JSON of what decides the result:
 * the method as resolved (``Method.describe()``: the name and every hyperparameter, the ``params`` given
   merged over the defaults, so ``params={}`` and ``params={"p_v": <its default>}`` share an entry),
   the seed, the ``world`` overrides, ``shuffle_options``;
-* ``emolens.__version__``.
+* ``emolens.__version__`` and a sha256 of the library's own source (every ``emolens/**/*.py``, read once
+  per process), so an edited method never returns numbers computed by the code before the edit (nbval
+  and ``make notebooks`` run in notebooks/ and would otherwise reuse ``notebooks/runs/cache``).
 
 ``batch_size``, ``progress`` and ``out`` are passed through but are not part of the key (they do not
 change which samples are scored or how). The stored ``latency_s`` is that of the run that filled the
@@ -31,6 +33,7 @@ stored under another identity) gives one warning line (:class:`CacheWarning`) an
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -95,6 +98,17 @@ def _dataset_fingerprint(ds, n: int) -> dict:
             "manifest_sha256": hashlib.sha256(_canonical(raw).encode()).hexdigest() if raw else None}
 
 
+@functools.lru_cache(maxsize=1)
+def _code_fingerprint() -> str:
+    """sha256 over the path and bytes of every ``.py`` file of the installed emolens package (what this
+    process runs: edits after import do not apply to it, so one reading per process is right)."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def cache_identity(lm, ds, m, *, split: str, limit: Optional[int], seed: int,
                    world: Optional[dict] = None, shuffle_options: bool = False) -> dict:
     """The dict whose canonical JSON is hashed into the key (model, dataset and method already resolved)."""
@@ -104,7 +118,7 @@ def cache_identity(lm, ds, m, *, split: str, limit: Optional[int], seed: int,
     ident = {"model": _model_fingerprint(lm), "dataset": _dataset_fingerprint(ds, n), "split": split,
              "limit": limit, "method": m.describe(), "seed": int(seed),
              "world": dict(sorted((world or {}).items())),
-             "shuffle_options": bool(shuffle_options), "emolens": __version__}
+             "shuffle_options": bool(shuffle_options), "emolens": __version__, "code": _code_fingerprint()}
     return json.loads(_canonical(ident))  # JSON types: compares equal to what a cache file stores
 
 

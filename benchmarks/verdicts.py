@@ -176,8 +176,8 @@ def wetr_fig6(lm, n):
     ds = "world-mer"
     rows = []
     for eps in (0.0, 7.0):
-        zs = run(lm, ds, "zero-shot", n, world={"eps": eps} if eps else None)
-        w = run(lm, ds, "wetr", n, world={"eps": eps} if eps else None)
+        zs = run(lm, ds, "zero-shot", n, world={"eps": eps})  # explicit: the manifest default is eps 2
+        w = run(lm, ds, "wetr", n, world={"eps": eps})
         rows.append((eps, zs, w))
     (_, z0, w0), (_, z7, w7) = rows
     parts = [diff_of_diffs(w0, w7, z0, z7, "f1", "F1 loss eps0->7: WETR - base, claimed < 0", direction=-1),

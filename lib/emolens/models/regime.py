@@ -4,7 +4,8 @@ Everything here is a property of the *zero-shot* model alone (the plain fine que
 order); no method runs. Preregistered in ``benchmarks/preregistration.yaml``.
 
 Calibration
-    zero-shot WAR on world-mer and world-emoset; on world-camer per conflict subset (consistent,
+    zero-shot WAR on world-mer and world-emoset; on world-mer with the options shuffled over the letters
+    (``option_order``: a model that memorised letter positions falls to chance there); on world-camer per conflict subset (consistent,
     audio-aligned, video-aligned); on world-mer with one informative modality (the others carry no
     evidence), against chance = 1/6.
 Premises
@@ -20,8 +21,8 @@ Token counts
     ``visual_tokens_per_clip`` (world-mer) and ``cue_token_fraction``: the mean fraction of a clip's visual
     tokens that hold a pixel of the true face (the world's ground truth).
 
-World version: the datasets are ``world-v2-*`` for a checkpoint trained with the v2 recipe (its
-``train_log.json`` says ``"recipe": "v2"``), ``world-*`` otherwise; ``prefix=`` overrides.
+Datasets: world-mer, world-emoset and world-camer (EmoWorld version 2 with its default nuisance);
+``prefix=`` measures other manifests named ``{prefix}mer`` etc.
 """
 from __future__ import annotations
 
@@ -36,19 +37,18 @@ MODALITIES = ("visual", "audio", "text")
 
 
 def world_prefix(lm) -> str:
-    """``"world-v2-"`` for a model trained by the v2 recipe, else ``"world-"``."""
-    path = (lm.info or {}).get("path")
-    log = Path(path) / "train_log.json" if path else None
-    if log is not None and log.is_file() and json.loads(log.read_text()).get("recipe") == "v2":
-        return "world-v2-"
+    """The manifests' prefix: ``"world-"`` (world-mer, world-emoset, world-camer: EmoWorld version 2 since
+    issue 12; version 1 stays available as ``EmoWorld(version=1)``)."""
     return "world-"
 
 
 def _zero_shot(lm, dataset: str, split: str, n: int, seed: int, *, capture: bool = False, batch_size: int = 32,
-               coarse: bool = False, **world):
+               coarse: bool = False, shuffled: bool = False, **world):
     """Zero-shot answers on the first ``n`` samples: ``(correct [n] bool, rows)`` where ``rows`` holds, per
     sample, the answer row's head-mean attention per layer ``[L, K]`` (numpy) and its layout, when
-    ``capture``. ``coarse``: SEPM's coarse query (Eq. 1, no FoE) against the valence, neutral left out."""
+    ``capture``. ``coarse``: SEPM's coarse query (Eq. 1, no FoE) against the valence, neutral left out.
+    ``shuffled``: the options permuted over the letters per sample (``prompts.shuffle_options``, seeded by
+    ``seed`` and the sample's position), to expose letter-position memorisation."""
     from .. import prompts as P
     from ..data import load_dataset
     from ..intervene import Capture, Plan
@@ -69,6 +69,8 @@ def _zero_shot(lm, dataset: str, split: str, n: int, seed: int, *, capture: bool
             gold = [VALENCE[s.label] for s in chunk]
         else:
             prompts = [P.fine_query(ds.labels, contrastive=False) for _ in chunk]
+            if shuffled:
+                prompts = [P.shuffle_options(q, np.random.default_rng([seed, i + j])) for j, q in enumerate(prompts)]
             gold = [s.label for s in chunk]
         batch = lm.encode(chunk, prompts)
         logits, trace = forward_logits(lm, batch, plan)
@@ -108,6 +110,7 @@ def measure_regime(lm, *, n: int = 600, seed: int = 4242, split: str = "test", p
         camer_war[c] = _war(ok)
         if c == "video-aligned":
             va = (ok, rows)
+    shuffled = _war(_zero_shot(lm, mer, shuffled=True, **kw)[0])
     single = {m: _war(_zero_shot(lm, mer, informative=(m,), **kw)[0]) for m in MODALITIES}
     ok, rows = va
     fails = [r for r, o in zip(rows, ok) if not o]
@@ -127,6 +130,7 @@ def measure_regime(lm, *, n: int = 600, seed: int = 4242, split: str = "test", p
             "world-emoset": {"war": _war(emo_ok)},
             "world-camer": camer_war,
             "single_modality": {**single, "chance": round(1 / 6, 4)},
+            "option_order": {"in_order": _war(mer_ok), "shuffled": shuffled},  # world-mer
         },
         "premises": {
             "wetr_nuisance_mass": {"wrong": round(float(nuis[~mer_ok].mean()), 4) if (~mer_ok).any() else None,
@@ -155,6 +159,8 @@ def criteria(card: dict) -> dict:
         "camer consistent > audio-aligned > video-aligned": c["consistent"] > c["audio-aligned"] > c["video-aligned"],
         "camer consistent - video-aligned >= 0.08": c["consistent"] - c["video-aligned"] >= 0.08,
         **{f"{k} alone > chance + 0.15": sm[k] > sm["chance"] + 0.15 for k in MODALITIES},
+        **({"shuffled options within 0.10 of in order": abs(cal["option_order"]["shuffled"] - cal["option_order"]["in_order"]) <= 0.10}
+           if "option_order" in cal else {}),
         "WETR: nuisance mass wrong > right": w["wrong"] is not None and w["right"] is not None and w["wrong"] > w["right"],
         "SEPM: coarse - fine >= 0.10": pr["sepm_coarse_minus_fine"] >= 0.10,
         "MoSEAR: mid-layer audio > visual per token": m["audio"] is not None and m["visual"] is not None
@@ -178,7 +184,7 @@ def table(card: dict) -> str:
     return "\n".join(lines)
 
 
-def write_regime_card(path, *, n: int = 600, seed: int = 4242) -> dict:
+def write_regime_card(path, *, n: int = 600, seed: int = 4242, readme=None) -> dict:
     """Measure the checkpoint at ``path`` (test split) and write ``model_card.json`` beside it: the regime
     card, the preregistered criteria, the pretraining statistics (v2 recipe) and the training log."""
     from . import load_model
@@ -191,9 +197,115 @@ def write_regime_card(path, *, n: int = 600, seed: int = 4242) -> dict:
     if log.is_file():
         t = json.loads(log.read_text())
         card["training"] = {k: t[k] for k in ("seed", "recipe", "audio_tokens", "steps_done", "batch_size",
-                                               "train_seconds", "n_params", "final_loss_mean_last50") if k in t}
+                                               "train_seconds", "n_params", "final_loss_mean_last50", "derived_from",
+                                               "finetuned_on", "how") if k in t}
+        if t.get("finetuned_on"):
+            card["training"]["how_short"] = f"{t.get('derived_from')} fine-tuned {t.get('steps_done')} steps on {t['finetuned_on']}"
+        elif t.get("derived_from"):
+            card["training"]["how_short"] = (f"{t.get('audio_tokens')} audio tokens; {t.get('derived_from')} + "
+                                             f"{t.get('steps_done')} steps of its recipe")
+        else:
+            card["training"]["how_short"] = f"{t.get('audio_tokens', 1)} audio token(s); the default"
         if t.get("recipe") == "v2":
             card["pretraining_statistics"] = PRETRAINING_STATISTICS
     card["summary"] = table(card)
     (Path(path) / "model_card.json").write_text(json.dumps(card, indent=2))
+    if readme is not None:
+        update_readme(readme, markdown(card, shipped_variant_cards()))
     return card
+
+
+def shipped_variant_cards() -> dict:
+    """``{variant name: its model_card.json}`` for each shipped variant that has a regime card."""
+    from . import CHECKPOINTS
+
+    out = {}
+    for name in VARIANTS:
+        f = CHECKPOINTS / name / "model_card.json"
+        if f.is_file():
+            c = json.loads(f.read_text())
+            if "calibration" in c:
+                out[name] = c
+    return out
+
+
+README_START, README_END = "<!-- card:start -->", "<!-- card:end -->"
+VARIANTS = ("emolens-tiny-audio4", "emolens-tiny-audio16", "emolens-tiny-audio64", "emolens-tiny-ft")
+
+
+def _stats_md(stats: dict) -> list:
+    rows = []
+    for k, v in stats.items():
+        if isinstance(v, dict):
+            v = ", ".join(f"{a} {b}" for a, b in v.items())
+        elif isinstance(v, list):
+            v = ", ".join(str(x) for x in v)
+        rows.append(f"| {k.replace('_', ' ')} | {v} |")
+    return ["| pretraining statistic | value |", "|---|---|"] + rows
+
+
+def markdown(card: dict, variants: Optional[dict] = None) -> str:
+    """The README's model-card block (between ``<!-- card:start -->`` and ``<!-- card:end -->``) rendered
+    from a regime card (:func:`measure_regime` + ``criteria`` + ``pretraining_statistics`` + ``training``);
+    ``variants``: ``{name: that variant's card}`` for the variants table."""
+    cal, pr = card["calibration"], card["premises"]
+    crit = card.get("criteria") or criteria(card)
+    ok = lambda b: "yes" if b else "**no**"  # noqa: E731
+    c, sm, oo = cal["world-camer"], cal["single_modality"], cal.get("option_order", {})
+    w, m = pr["wetr_nuisance_mass"], pr["mosear_mid_layer_per_token"]
+    out = [f"Measured by `emolens card --model {card['model']} --seed {card['seed']} --n {card['n_per_cell']}` "
+           f"({card['split']} split, n = {card['n_per_cell']} per cell, zero-shot, no method); stored in "
+           f"`lib/emolens/checkpoints/emolens-tiny/model_card.json`. Criteria preregistered in "
+           f"`benchmarks/preregistration.yaml`, calibration history in `benchmarks/calibration_log.md`.", "",
+           "| calibration (zero-shot WAR) | measured | criterion | met |", "|---|---:|---|:---:|",
+           f"| world-mer | {cal['world-mer']['war']:.3f} | [0.55, 0.72] | {ok(crit['world-mer WAR in [0.55, 0.72]'])} |",
+           f"| world-emoset | {cal['world-emoset']['war']:.3f} | [0.45, 0.65] | {ok(crit['world-emoset WAR in [0.45, 0.65]'])} |",
+           f"| world-camer consistent / audio-aligned / video-aligned | {c['consistent']:.3f} / {c['audio-aligned']:.3f} / "
+           f"{c['video-aligned']:.3f} | C > A > V, C - V >= 0.08 | "
+           f"{ok(crit['camer consistent > audio-aligned > video-aligned'] and crit['camer consistent - video-aligned >= 0.08'])} |"]
+    for k in MODALITIES:
+        out.append(f"| world-mer, only {k} informative | {sm[k]:.3f} | > chance + 0.15 = {sm['chance'] + 0.15:.3f} | "
+                   f"{ok(crit[f'{k} alone > chance + 0.15'])} |")
+    if oo:
+        out.append(f"| world-mer, options shuffled over the letters | {oo['shuffled']:.3f} | within 0.10 of in order "
+                   f"({oo['in_order']:.3f}) | {ok(crit['shuffled options within 0.10 of in order'])} |")
+    out += ["", "| premise (zero-shot model alone) | measured | met |", "|---|---|:---:|",
+            f"| WETR: answer-row attention mass on non-cue visual tokens, wrong vs right answers (world-mer) | "
+            f"{w['wrong']} vs {w['right']} | {ok(crit['WETR: nuisance mass wrong > right'])} |",
+            f"| SEPM: coarse (valence) minus fine accuracy (world-emoset) | {pr['sepm_coarse']:.3f} - {pr['sepm_fine']:.3f} = "
+            f"{pr['sepm_coarse_minus_fine']:+.3f} (>= 0.10) | {ok(crit['SEPM: coarse - fine >= 0.10'])} |",
+            f"| MoSEAR Fig. 3: per-token attention, middle third of the layers, on {m['n_failures']} video-aligned failures | "
+            f"audio {m['audio']} vs visual {m['visual']} | {ok(crit['MoSEAR: mid-layer audio > visual per token'])} |",
+            "", f"Tokens: {card['visual_tokens_per_clip']} visual tokens per clip; the face (the cue) covers "
+            f"{100 * card['cue_token_fraction']:.1f} % of them."]
+    t = card.get("training")
+    if t:
+        out += ["", f"Training: recipe {t.get('recipe')}, seed {t.get('seed')}, {t.get('steps_done')} steps of batch "
+                f"{t.get('batch_size')}, {t.get('train_seconds')} s on the 2-core CPU, {t.get('n_params'):,} parameters, "
+                f"final loss {t.get('final_loss_mean_last50', float('nan')):.3f}."]
+    if card.get("pretraining_statistics"):
+        out += ["", "The pretraining world (`emolens.models.pretrain`): generic questions, no benchmark query and no method "
+                "prompt (tests/test_pretraining.py scans every template).", ""] + _stats_md(card["pretraining_statistics"])
+    if variants:
+        out += ["", "| variant (`load_model(name)`) | how | world-mer | camer C / A / V | mid-layer per token audio vs visual |",
+                "|---|---|---:|---|---|"]
+        for name, v in variants.items():
+            vc, vm = v["calibration"], v["premises"]["mosear_mid_layer_per_token"]
+            how = (v.get("training") or {}).get("how_short", "")
+            out.append(f"| `{name}` | {how} | {vc['world-mer']['war']:.3f} | {vc['world-camer']['consistent']:.3f} / "
+                       f"{vc['world-camer']['audio-aligned']:.3f} / {vc['world-camer']['video-aligned']:.3f} | "
+                       f"{vm['audio']} vs {vm['visual']} |")
+        out.append(f"(variants: n = {next(iter(variants.values()))['n_per_cell']} per cell, same seed and split)")
+    return "\n".join(out)
+
+
+def update_readme(readme, block: str) -> bool:
+    """Replace the model-card block of ``readme`` (between the card markers) with ``block``; False (and
+    nothing written) when the markers are missing."""
+    p = Path(readme)
+    s = p.read_text()
+    i, j = s.find(README_START), s.find(README_END)
+    if i < 0 or j < i:
+        return False
+    p.write_text(s[:i + len(README_START)] + "\n" + block + "\n" + s[j:])
+    return True

@@ -138,6 +138,53 @@ def pretrain_vision(model, proc, seed: int, steps: int, batch_size: int = 64, lr
     return losses
 
 
+def _fit(model, proc, tok, draw, ws, rng, *, steps: int, batch_size: int, lr: float, time_budget_s=None,
+         hard_budget_s=None, progress: bool = True, desc: str = "train emolens-tiny"):
+    """The stage-1 loop shared by :func:`train_tiny`, :func:`derive_variant` and :func:`finetune_tiny`:
+    AdamW (betas 0.9/0.98, wd 0.01), linear warm-up over 5 % of the steps then a cosine decay, gradient
+    clipping at 1.0; the loss is the cross-entropy of the answer token at the last prompt position.
+
+    ``time_budget_s``: after 10 steps the step count shrinks to what the budget allows (so the cosine
+    still anneals); ``hard_budget_s``: stop when the wall clock passes it.
+    Returns ``(losses, steps_done, stopped_early, steps_planned, seconds)``."""
+    from tqdm.auto import tqdm
+
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01,
+                            betas=(0.9, 0.98))
+    plan = {"steps": steps}
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / plan["steps"]))))
+    model.train()
+    t0 = time.time()
+    losses, done, stopped_early = [], 0, False
+    bar = tqdm(range(steps), desc=desc, disable=not progress)
+    for step in bar:
+        ex = [draw(ws, rng) for _ in range(batch_size)]
+        batch = proc([e[0] for e in ex], [e[1] for e in ex])
+        target = torch.tensor([tok.convert_tokens_to_ids(e[1].target) for e in ex])
+        out_ = model(**batch.inputs, logits_to_keep=1, use_cache=False)
+        loss = torch.nn.functional.cross_entropy(out_.logits[:, -1].float(), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        done = step + 1
+        if time_budget_s is not None and step == 9:
+            per = (time.time() - t0) / 10
+            plan["steps"] = max(10, min(steps, int(time_budget_s / per)))
+        if step + 1 >= plan["steps"]:
+            break
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        if hard_budget_s is not None and time.time() - t0 > hard_budget_s:
+            stopped_early = True
+            break
+    return losses, done, stopped_early, plan["steps"], time.time() - t0
+
+
 def w_valence(label: str) -> str:
     from ..world.taxonomy import VALENCE
 
@@ -165,8 +212,6 @@ def train_tiny(out: str, *, seed: int = 0, steps: int = 800, batch_size: int = 3
     Returns:
         the training log dict.
     """
-    from tqdm.auto import tqdm
-
     from .tiny import TinyProcessor, build_model, build_tokenizer
 
     outp = Path(out)
@@ -191,47 +236,16 @@ def train_tiny(out: str, *, seed: int = 0, steps: int = 800, batch_size: int = 3
     vision_losses = pretrain_vision(model, proc, seed, vision_steps, progress=progress,
                                     version=2 if v2 else 1) if vision_steps else []
     vision_s = time.time() - t_start
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01,
-                            betas=(0.9, 0.98))
-    plan = {"steps": steps}
-    warm = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / plan["steps"]))))
-    model.train()
-    t0 = time.time()
-    losses, done, stopped_early = [], 0, False
-    bar = tqdm(range(steps), desc="train emolens-tiny", disable=not progress)
-    for step in bar:
-        ex = [draw(ws, rng) for _ in range(batch_size)]
-        batch = proc([e[0] for e in ex], [e[1] for e in ex])
-        target = torch.tensor([tok.convert_tokens_to_ids(e[1].target) for e in ex])
-        out_ = model(**batch.inputs, logits_to_keep=1, use_cache=False)
-        loss = torch.nn.functional.cross_entropy(out_.logits[:, -1].float(), target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-        done = step + 1
-        if v2 and time_budget_s is not None and step == 9:
-            per = (time.time() - t0) / 10
-            plan["steps"] = max(10, min(steps, int(time_budget_s / per)))
-        if step + 1 >= plan["steps"]:
-            break
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        if time_budget_s is not None and time.time() - t0 > time_budget_s:
-            stopped_early = True
-            break
-    train_s = time.time() - t0
+    losses, done, stopped_early, plan_steps, train_s = _fit(model, proc, tok, draw, ws, rng, steps=steps, batch_size=batch_size, lr=lr,
+                                                            time_budget_s=time_budget_s if v2 else None, progress=progress,
+                                                            hard_budget_s=time_budget_s)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
     outp.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(outp))
     tok.save_pretrained(str(outp))
-    log = {"seed": seed, "recipe": recipe, "audio_tokens": audio_tokens, "steps_planned": plan["steps"], "steps_done": done, "batch_size": batch_size, "lr": lr,
+    log = {"seed": seed, "recipe": recipe, "audio_tokens": audio_tokens, "steps_planned": plan_steps, "steps_done": done, "batch_size": batch_size, "lr": lr,
            "train_seconds": round(train_s + vision_s, 1), "vision_seconds": round(vision_s, 1),
            "vision_steps": vision_steps, "vision_final_loss": float(np.mean(vision_losses[-20:])) if vision_losses else None,
            "stopped_early_by_time_budget": stopped_early,
@@ -240,3 +254,120 @@ def train_tiny(out: str, *, seed: int = 0, steps: int = 800, batch_size: int = 3
            "torch": torch.__version__, "threads": torch.get_num_threads()}
     (outp / "train_log.json").write_text(json.dumps(log, indent=2))
     return log
+
+
+def _empty_out(out) -> Path:
+    outp = Path(out)
+    if outp.exists() and any(outp.iterdir()):
+        raise FileExistsError(f"{outp} exists and is not empty; choose a new --out folder (nothing is overwritten)")
+    return outp
+
+
+def _save(model, tok, outp: Path, log: dict) -> dict:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    outp.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(outp))
+    tok.save_pretrained(str(outp))
+    log = {**log, "torch": torch.__version__, "threads": torch.get_num_threads()}
+    (outp / "train_log.json").write_text(json.dumps(log, indent=2))
+    return log
+
+
+def _load_base(base):
+    from .tiny import TinyProcessor, load_tiny
+
+    model, proc = load_tiny(Path(base), torch.device("cpu"), torch.float32)
+    base_log = json.loads((Path(base) / "train_log.json").read_text()) if (Path(base) / "train_log.json").is_file() else {}
+    return model, proc, base_log
+
+
+def _fit_log(losses, done, stopped, planned, secs) -> dict:
+    return {"steps_planned": planned, "steps_done": done, "stopped_early_by_time_budget": stopped,
+            "train_seconds": round(secs, 1), "final_loss_mean_last50": float(np.mean(losses[-50:])),
+            "loss_curve": [round(float(np.mean(losses[i:i + 50])), 4) for i in range(0, len(losses), 50)]}
+
+
+def derive_variant(base, out, *, audio_tokens: int, steps: int = 300, batch_size: int = 32, lr: float = 1e-3,
+                   seed: int = 0, progress: bool = True) -> dict:
+    """An emolens-tiny variant with ``audio_tokens`` audio tokens per clip (MoSEAR Fig. 3c's token-imbalance
+    study, which the paper ran by retraining), derived from the checkpoint ``base`` by the same recipe.
+
+    The variant starts from ``base``'s weights (vision tower frozen, as in stage 1). The audio MLP's last
+    layer ``[h*1 -> h*N]`` is tiled from the base's single audio token, so at step 0 every audio token
+    carries the base's audio embedding. It then continues stage 1 of the base's recipe (the same pretraining
+    mixture, :func:`_fit`) for ``steps`` steps with a fresh data seed. Warm-starting keeps the four variants
+    (1/4/16/64 tokens) comparable, because they differ only in the audio tokens, and keeps each one's
+    training to minutes on a CPU. Choice documented in the model card.
+    """
+    from .tiny import TinyProcessor, build_model
+
+    if int(audio_tokens) < 1:
+        raise ValueError(f"audio_tokens must be >= 1, got {audio_tokens}")
+    outp = _empty_out(out)
+    base_model, proc, base_log = _load_base(base)
+    tok = proc.tokenizer
+    torch.manual_seed(seed)
+    cfg = base_model.config
+    model = build_model(tok, seed=seed, image_size=cfg.image_size, audio_tokens=int(audio_tokens),
+                        vision_encoder=cfg.vision_encoder)
+    sd = base_model.state_dict()
+    h = cfg.text_config.hidden_size
+    w, b = sd["audio.2.weight"], sd["audio.2.bias"]  # [h * n_base, h], [h * n_base]
+    n_base = w.shape[0] // h
+    sd["audio.2.weight"] = w[:h].repeat(int(audio_tokens), 1)
+    sd["audio.2.bias"] = b[:h].repeat(int(audio_tokens))
+    if n_base != 1:
+        raise ValueError(f"derive_variant expects a base with 1 audio token, {base} has {n_base}")
+    model.load_state_dict(sd)
+    for p in model.vision.parameters():
+        p.requires_grad_(False)
+    proc = TinyProcessor(tok, model.config)
+    recipe = base_log.get("recipe", "v1")
+    if recipe == "v2":
+        from .pretrain import make_pretraining_example, pretraining_worlds
+
+        ws, draw = pretraining_worlds(seed + 1), make_pretraining_example
+    else:
+        ws, draw = _worlds(seed + 1), make_example
+    rng = np.random.default_rng(seed + 1000 + int(audio_tokens))
+    fit = _fit(model, proc, tok, draw, ws, rng, steps=steps, batch_size=batch_size, lr=lr, progress=progress,
+               desc=f"variant audio{audio_tokens}")
+    return _save(model, tok, outp, {"recipe": recipe, "derived_from": str(Path(base).name), "seed": seed,
+                                    "audio_tokens": int(audio_tokens), "batch_size": batch_size, "lr": lr,
+                                    "how": "warm start from the base, audio MLP's last layer tiled over the tokens, "
+                                           "stage 1 of the base's recipe continued", **_fit_log(*fit),
+                                    "n_params": int(sum(p.numel() for p in model.parameters()))})
+
+
+def finetune_tiny(base, out, *, dataset: str = "world-mer", steps: int = 300, batch_size: int = 32, lr: float = 1e-3,
+                  seed: int = 0, progress: bool = True) -> dict:
+    """``emolens-tiny-ft``: ``base`` fine-tuned on ``dataset``'s *train* split with the benchmark's own query
+    (the plain fine query over its labels, options shuffled on half of the examples so the letters must be
+    read), vision tower frozen: the supervised upper bound the training-free methods are compared against.
+    Validation and test splits are never seen (the world's splits use disjoint seeds)."""
+    from ..data import load_dataset
+
+    outp = _empty_out(out)
+    model, proc, base_log = _load_base(base)
+    tok = proc.tokenizer
+    torch.manual_seed(seed)
+    for p in model.vision.parameters():
+        p.requires_grad_(False)
+    ds = load_dataset(dataset, "train", seed=0)
+
+    def draw(_ws, rng):
+        s = ds[int(rng.integers(len(ds)))]
+        pr = P.fine_query(ds.labels, contrastive=False)
+        if rng.random() < 0.5:
+            pr = P.shuffle_options(pr, rng)
+        return s, pr.with_target(s.label)
+
+    rng = np.random.default_rng(seed + 7)
+    fit = _fit(model, proc, tok, draw, None, rng, steps=steps, batch_size=batch_size, lr=lr, progress=progress,
+               desc=f"fine-tune on {dataset}")
+    return _save(model, tok, outp, {"recipe": base_log.get("recipe", "v1"), "derived_from": str(Path(base).name),
+                                    "finetuned_on": f"{dataset}:train", "seed": seed, "batch_size": batch_size, "lr": lr,
+                                    "audio_tokens": int(model.config.audio_tokens), **_fit_log(*fit),
+                                    "n_params": int(sum(p.numel() for p in model.parameters()))})

@@ -151,9 +151,10 @@ def run_collection(out: str = "runs/notebooks", only: Optional[str] = None, para
 # ---------------------------------------------------------------------------------------------
 # The committed notebooks: refreshed in place, cleaned, and the checks the tests run on them.
 
-# What a committed .ipynb keeps. Cell metadata: only tags, as notebooks/jupytext.toml pairs them.
+# What a committed .ipynb keeps. Cell metadata: tags, and "jupyter" (source_hidden: an exercise's
+# collapsed solution cell), as notebooks/jupytext.toml pairs them.
 NB_METADATA_KEEP = ("kernelspec", "language_info")
-CELL_METADATA_KEEP = ("tags",)
+CELL_METADATA_KEEP = ("tags", "jupyter")
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 IGNORE_MARK = "NBVAL_IGNORE_OUTPUT"
 

@@ -503,3 +503,138 @@ def check_exercise(attempt, solution, reference, *, what: str, rtol: float = 1e-
 
 
 __all__ += ["verdict", "combine_verdicts", "selection_table", "gamma_cue_table", "share_ci", "check_exercise"]
+
+
+# =========================================================================== notebook 03: EMass and the masking tautology
+# (added for issue 14: WETR Fig. 6's EMass read honestly. A run that masks tokens measures attention over
+# what the mask left, so EMass(WETR) mixes two things: which tokens were removed, and how the surviving
+# tokens share the attention. The decomposition below separates them on the same samples.)
+def attention_and_mask(lm, batch, samples, method=None, *, layer: int = -1,
+                       rows: Sequence[str] = ("q_pos", "q_neg", "answer")):
+    """Span-mean attention of each row group in ``rows`` at ``layer`` while ``method`` acts, and the
+    selection factor m_i in force there.
+
+    ``a[row][b, j]`` is WETR Eq. 4's ``a_{I->j}``: the attention from the span's rows to key j, averaged
+    over heads and rows (``Capture(reduce="mean")``); masked keys and padding get 0.
+
+    Args:
+        batch: an encoded batch (``lm.encode(samples, prompts)``) whose prompts hold the spans in ``rows``.
+        method: None (the frozen model) or an NTS-family method (nts, str, wetr, selection baselines).
+        layer: the decoder layer read (negative counts from the end). With a method it must come after the
+            method's last trigger layer, where m_i is final.
+    Returns:
+        ``(a, admitted, logits)``: ``a`` row name -> ``[B, L]`` float64 numpy; ``admitted`` ``[B, L]`` bool
+        (m_i; all True for the frozen model and for a method that drops nothing); ``logits`` ``[B, V]``
+        float32 on the CPU.
+    """
+    from ..intervene import Capture
+
+    n = lm.num_layers
+    if not -n <= int(layer) < n:
+        raise ValueError(f"layer = {layer} is out of range for a {n}-layer model; use 0..{n - 1} or -1 for the last")
+    layer = int(layer) % n
+    B, L = len(batch.layouts), batch.layouts[0].seq_len
+    ops = [Capture(layers=[layer], rows=r, name=f"readout:{r}", reduce="mean", offload="cpu") for r in rows]
+    if method is None:
+        with intervene(lm.model, batch.layouts, Plan(ops)) as trace:
+            logits = answer_logits(lm.model, batch)
+        admitted = np.ones((B, L), dtype=bool)
+    else:
+        if not hasattr(method, "forward") or not hasattr(method, "trigger_layers"):
+            raise ValueError(f"method {getattr(method, 'name', method)!r} has no single-forward plan; use nts, str, "
+                             "wetr or a selection baseline")
+        last = max(method.trigger_layers(n))
+        if layer <= last:
+            raise ValueError(f"layer {layer} is not after {method.name}'s last trigger layer {last}: its mask is not "
+                             f"final there; read a layer in {last + 1}..{n - 1} (-1 = the last)")
+        logits, trace = method.forward(lm, batch, samples, extra_ops=ops, keep_captures=False)
+        admitted = np.asarray(trace.decisions.get("admitted", np.ones((B, L), dtype=bool)), dtype=bool)
+    a = {r: to_cpu(trace.captures[(f"readout:{r}", layer)].probs).double().numpy() for r in rows}
+    return a, admitted, to_cpu(logits, float32=True)
+
+
+def _share(row: np.ndarray, on: np.ndarray) -> float:
+    tot = row.sum()
+    return float(row[on].sum() / tot) if tot > 0 else float("nan")
+
+
+def emass_parts(base: dict, run: dict, admitted, evidence) -> dict:
+    """One sample's EMass three ways (WETR Fig. 6; :func:`emolens.metrics.emass`, ratio form), on the
+    world's ground-truth evidence set K (``evidence``: bool ``[L]`` or positions):
+
+    * ``emass_base``: the frozen model, every key;
+    * ``emass_method``: the method's run, i.e. over the keys its mask left (what the paper's readout gives);
+    * ``emass_base_kept``: the *frozen* attention restricted to the keys the method admitted and
+      renormalised -- what removing the tokens does by itself, with no re-allocation.
+
+    So ``emass_method - emass_base = (emass_base_kept - emass_base)`` [the mask alone: the tautology]
+    ``+ (emass_method - emass_base_kept)`` [how the surviving tokens share attention under the method].
+    Every EMass is NaN when K gets no attention (e.g. the mask removed all of K).
+
+    Args:
+        base, run: row name -> ``[L]`` span-mean attention (``q_pos``, ``q_neg``; optional ``answer``) of
+            the frozen model and of the method (:func:`attention_and_mask`, one sample).
+        admitted: ``[L]`` bool, m_i of the method's run.
+    Returns:
+        the three EMass values, ``k_size`` (|K|), ``k_kept`` (|K and admitted|) and, when ``answer`` rows
+        are given, the answer row's share of attention on K three ways (``answer_k_base``,
+        ``answer_k_method``, ``answer_k_base_kept``).
+    """
+    from ..metrics import emass
+
+    m = np.asarray(admitted, dtype=bool).reshape(-1)
+    L = m.size
+    k = np.asarray(evidence)
+    on = k.astype(bool) if k.dtype == bool else np.isin(np.arange(L), k.astype(np.int64))
+    if on.size != L:
+        raise ValueError(f"evidence has {on.size} entries but admitted has {L}; pass one row of the same batch")
+    for name, d in (("base", base), ("run", run)):
+        for r in ("q_pos", "q_neg"):
+            if r not in d or np.asarray(d[r]).shape != (L,):
+                raise ValueError(f"{name}[{r!r}] must be a [{L}] attention row (attention_and_mask(..., rows=("
+                                 "'q_pos', 'q_neg', ...)) of the same sample)")
+    bp, bn = (np.asarray(base[r], np.float64) for r in ("q_pos", "q_neg"))
+    out = {"emass_base": float(emass(bp, bn, on)),
+           "emass_method": float(emass(np.asarray(run["q_pos"], np.float64), np.asarray(run["q_neg"], np.float64), on)),
+           "emass_base_kept": float(emass(bp * m, bn * m, on)),
+           "k_size": int(on.sum()), "k_kept": int((on & m).sum())}
+    if "answer" in base and "answer" in run:
+        ba = np.asarray(base["answer"], np.float64)
+        out |= {"answer_k_base": _share(ba, on), "answer_k_method": _share(np.asarray(run["answer"], np.float64), on),
+                "answer_k_base_kept": _share(ba * m, on)}
+    return out
+
+
+def emass_decomposition(lm, samples: Sequence, task, method, *, layer: int = -1, batch_size: int = 32):
+    """WETR Fig. 6's EMass of the frozen model and of ``method`` on the same samples, with the part the
+    method's mask explains by itself (:func:`emass_parts`), at ``layer`` (after the last trigger).
+
+    Both forwards use the method's own prompt (WETR's Q_pos / Q_neg spans: EMass needs them, so the frozen
+    model is read with that prompt too, not the plain zero-shot query), so the layouts and K are identical.
+
+    Returns:
+        DataFrame, one row per sample: ``uid``, the columns of :func:`emass_parts`, ``kept_visual``
+        (admitted visual tokens), ``hit_visual`` (admitted ground-truth cue tokens), ``cue_visual``,
+        ``n_visual`` (so precision against chance is ``hit / kept`` vs ``cue / n``).
+    """
+    import pandas as pd
+
+    prompts = method.prompts(samples, task)
+    recs = []
+    for i in range(0, len(samples), batch_size):
+        s, p = samples[i:i + batch_size], prompts[i:i + batch_size]
+        batch = lm.encode(s, p)
+        base, _, _ = attention_and_mask(lm, batch, s, None, layer=layer)
+        run, adm, _ = attention_and_mask(lm, batch, s, method, layer=layer)
+        for b, lay in enumerate(batch.layouts):
+            parts = emass_parts({r: v[b] for r, v in base.items()}, {r: v[b] for r, v in run.items()}, adm[b],
+                                evidence_set(lay))
+            cue = np.asarray(lay.cue_visual, bool)
+            kept = adm[b, lay.visual]
+            recs.append({"uid": getattr(s[b], "uid", i + b), **parts, "kept_visual": int(kept.sum()),
+                         "hit_visual": int((kept & cue).sum()), "cue_visual": int(cue.sum()),
+                         "n_visual": int(cue.size)})
+    return pd.DataFrame(recs)
+
+
+__all__ += ["attention_and_mask", "emass_parts", "emass_decomposition"]

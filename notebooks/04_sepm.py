@@ -86,8 +86,8 @@ from IPython.display import Markdown, display
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 from emolens import plots, prompts
-from emolens.analysis.sepm import (SepmLab, claim_verdict, confusion_pair, cue_survival, dropping_grid,
-                                   restricted_confusion)
+from emolens.analysis.sepm import SepmLab, confusion_pair, cue_survival, dropping_grid, restricted_confusion
+from emolens.analysis.wetr import check_exercise, combine_verdicts, verdict
 from emolens.analysis.setup import setup
 from emolens.answers import answer_logits
 from emolens.cache import cached_evaluate, result_ci, result_delta
@@ -128,7 +128,7 @@ def delta_row(name, a, b, direction=+1):
     """A claimed paired difference WAR(a) - WAR(b) with its 95 % interval and verdict."""
     d, lo, hi = result_delta(a, b, "war", n_boot=n_boot, seed=seed)
     return {"comparison": name, "delta": d, "lo": lo, "hi": hi, "claimed": "> 0" if direction > 0 else "< 0",
-            "verdict": claim_verdict(lo, hi, direction)}
+            "verdict": verdict(lo, hi, direction)}
 
 
 # %% [markdown] tags=[]
@@ -176,13 +176,9 @@ def solution_confidence(z: torch.Tensor, ids_a: list, ids_b: list) -> torch.Tens
 
 # %%
 C_yours = my_confidence(z, ids["A"], ids["B"])
-who = "your my_confidence" if C_yours is not None else "the solution (my_confidence returned None)"
-C_t = C_yours if C_yours is not None else solution_confidence(z, ids["A"], ids["B"])
-C = torch.as_tensor(C_t, dtype=torch.float64).cpu().numpy()
-assert C.shape == (len(s1.confidence),), f"C should be [N] = [{len(s1.confidence)}], got {C.shape}"
-assert np.allclose(C, s1.confidence, atol=1e-9), "C differs from the library's sepm.coarse_confidence"
-print(f"checked {who}: equals the library's C on {len(C)} samples "
-      f"(max gap {np.abs(C - s1.confidence).max():.1e})")
+C_solution = solution_confidence(z, ids["A"], ids["B"])
+print(check_exercise(C_yours, C_solution, s1.confidence, what="C (Eq. 3-4)"))
+C = C_solution.numpy()                                    # [N] float64
 p_A, p_B = s1.p_a, s1.p_b
 gold = [x.label for x in samples[:n_samples]]
 gold_val = np.array([valence.get(g) for g in gold])
@@ -227,7 +223,7 @@ hi_m = C > alpha
 fig5 = bootstrap_stat(lambda i: (coarse_ok[i][hi_m[i]].mean() - coarse_ok[i][~hi_m[i]].mean())
                       if hi_m[i].any() and (~hi_m[i]).any() else np.nan, len(C), n_boot, seed)
 fig5_claim = {"comparison": f"coarse accuracy (C > {alpha:g}) - (C <= {alpha:g})", "delta": fig5[0], "lo": fig5[1],
-              "hi": fig5[2], "claimed": "> 0", "verdict": claim_verdict(fig5[1], fig5[2])}
+              "hi": fig5[2], "claimed": "> 0", "verdict": verdict(fig5[1], fig5[2])}
 fig = plots.histogram(C, bins=25, title="distribution of C over the samples", xlabel="C (Eq. 4)")
 fig.axes[0].axvline(alpha, color="crimson", ls="--")
 fig.axes[0].set_ylabel("samples")
@@ -564,11 +560,6 @@ def fmt(d):
     return f"{d['delta']:+.3f} (95 % CI [{d['lo']:+.3f}, {d['hi']:+.3f}])"
 
 
-def combined(verdicts):
-    vs = list(verdicts)
-    return "HELD" if vs and all(v == "HELD" for v in vs) else ("FAILED" if "FAILED" in vs else "UNRESOLVED")
-
-
 t2 = {(r["comparison"]): r for r in claims2.to_dict(orient="records")}
 t3 = {r["comparison"]: r for r in claims3.to_dict(orient="records")}
 t2_on = [r for k, r in t2.items() if "CCI on" in k]
@@ -608,11 +599,11 @@ lines = [
     + (", and the restricted query also picks better within the group." if rc["sepm"]["within_valence"] < rc["zero_shot"]["within_valence"]
        else ", and within the group the re-lettered, shorter option list does not pick better than zero-shot's full list."),
     "",
-    f"**Table 3 as a whole: {combined(r['verdict'] for r in t3.values())}.** "
+    f"**Table 3 as a whole: {combine_verdicts(r['verdict'] for r in t3.values())}.** "
     + "; ".join(f"{k}: {fmt(r)} → {r['verdict']}" for k, r in t3.items()) + ".",
     "",
-    f"**Which tokens to drop (Table 2): CCI on {combined(r['verdict'] for r in t2_on)}, CCI off "
-    f"{combined(r['verdict'] for r in t2_off)}.** "
+    f"**Which tokens to drop (Table 2): CCI on {combine_verdicts(r['verdict'] for r in t2_on)}, CCI off "
+    f"{combine_verdicts(r['verdict'] for r in t2_off)}.** "
     + "; ".join(f"{k}: {fmt(r)} → {r['verdict']}" for k, r in t2.items()) + ". "
     f"The mechanism is visible in the face tokens that survive at beta = {b_ref:g} (CCI on): FoE keeps "
     f"{foe_on['cue_kept']:.1%} of them, the query rows {qry_on['cue_kept']:.1%}, random {rnd_on['cue_kept']:.1%}; "
@@ -685,7 +676,7 @@ for tab in (conf_table.dropna(), table2, table3, sweep_a, sweep_b, per_class.dro
     assert np.all(tab["lo"] <= tab["hi"]), "an interval has lo > hi"
 for tab in (table2, table3, sweep_a, sweep_b):                  # accuracies: the interval holds its estimate
     assert np.all(tab["lo"] <= tab["accuracy"] + 1e-12) and np.all(tab["accuracy"] <= tab["hi"] + 1e-12)
-assert all(r["verdict"] == claim_verdict(r["lo"], r["hi"], 1 if r["claimed"] == "> 0" else -1)
+assert all(r["verdict"] == verdict(r["lo"], r["hi"], 1 if r["claimed"] == "> 0" else -1)
            for tab in (claims2, claims3, beta_claims) for r in tab.to_dict(orient="records"))
 assert main["label"] == [q["label"] for q in preds], "SepmLab does not reproduce the cached SEPM predictions"
 assert main["branch"] == [q["extra"]["branch"] for q in preds]
@@ -704,9 +695,9 @@ summary = {
     "coarse_acc": float(coarse_ok.mean()), "confident_share": float(hi_m.mean()),
     "coarse_acc_confident": coarse_conf, "coarse_acc_ambiguous": coarse_amb, "C_median": float(np.median(C)),
     "verdict_fig5": fig5_claim["verdict"],
-    "verdict_table2_cci_on": combined(r["verdict"] for r in t2_on),
-    "verdict_table2_cci_off": combined(r["verdict"] for r in t2_off),
-    "verdict_table3": combined(r["verdict"] for r in t3.values()),
+    "verdict_table2_cci_on": combine_verdicts(r["verdict"] for r in t2_on),
+    "verdict_table2_cci_off": combine_verdicts(r["verdict"] for r in t2_off),
+    "verdict_table3": combine_verdicts(r["verdict"] for r in t3.values()),
     "restricted_n": rc["n"], "restricted_cross_valence_sepm": rc["sepm"]["cross_valence"],
     "restricted_cross_valence_zero_shot": rc["zero_shot"]["cross_valence"],
     "restricted_within_valence_sepm": rc["sepm"]["within_valence"],

@@ -1,4 +1,4 @@
-"""Notebook 04's reading helpers (``emolens.analysis.sepm``): the verdict rule, the restricted branch's
+"""Notebook 04's reading helpers (``emolens.analysis.sepm``): the restricted branch's
 error split and confusion matrices, the shared-scale figures, and ``SepmLab.result`` in evaluate's
 result shape (its intervals from ``emolens.cache``)."""
 import matplotlib
@@ -7,28 +7,12 @@ import pytest
 
 matplotlib.use("Agg")
 
-from emolens.analysis.sepm import SepmLab, claim_verdict, confusion_pair, dropping_grid, restricted_confusion  # noqa: E402
+from emolens.analysis.sepm import SepmLab, confusion_pair, dropping_grid, restricted_confusion  # noqa: E402
 from emolens.layout import TokenLayout  # noqa: E402
 from emolens.sample import Sample  # noqa: E402
 
 LABELS = ["amusement", "awe", "anger", "fear"]
 VALENCE = {"amusement": "positive", "awe": "positive", "anger": "negative", "fear": "negative"}
-
-
-@pytest.mark.parametrize("lo, hi, direction, want", [
-    (0.01, 0.05, +1, "HELD"), (-0.05, -0.01, +1, "FAILED"), (-0.01, 0.02, +1, "UNRESOLVED"),
-    (0.0, 0.02, +1, "UNRESOLVED"),  # an interval touching 0 does not exclude it
-    (-0.05, -0.01, -1, "HELD"), (0.01, 0.05, -1, "FAILED"), (float("nan"), 0.1, +1, "UNRESOLVED"),
-])
-def test_claim_verdict(lo, hi, direction, want):
-    assert claim_verdict(lo, hi, direction) == want
-
-
-def test_claim_verdict_refuses_bad_input():
-    with pytest.raises(ValueError, match="direction"):
-        claim_verdict(0.1, 0.2, 0)
-    with pytest.raises(ValueError, match="lo > hi"):
-        claim_verdict(0.2, 0.1)
 
 
 def _res(golds, labels, branches=None, coarse=None):

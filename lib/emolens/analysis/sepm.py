@@ -23,9 +23,9 @@ orchestrate library calls so that a walkthrough's cells stay short and fast.
 * :func:`dropping_grid` draws SEPM Fig. 4 for several samples and drop rates on ONE colour scale of the
   significance P̄ (Eq. 8) with one colourbar (the static version of notebook 04's explorer).
 * :func:`confusion_pair` draws confusion matrices side by side on one colour scale, axes labelled.
-* :func:`claim_verdict` reads a 95 % interval of a claimed difference the way
-  ``benchmarks/verdicts.py`` does: HELD (excludes 0 in the claimed direction), FAILED (excludes 0 the
-  other way) or UNRESOLVED (contains 0).
+
+A claimed difference's 95 % interval is read by :func:`emolens.analysis.wetr.verdict` (HELD / FAILED /
+UNRESOLVED, the rule of ``benchmarks/verdicts.py``).
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-__all__ = ["SepmLab", "claim_verdict", "confusion_pair", "cue_survival", "dropping_grid", "occlude",
+__all__ = ["SepmLab", "confusion_pair", "cue_survival", "dropping_grid", "occlude",
            "restricted_confusion"]
 
 
@@ -217,20 +217,6 @@ def occlude(sample, layout, dropped, fill: int = 128):
 
 # ---------------------------------------------------------------------------------------------
 # reading the results (notebook 04's "What we found")
-
-def claim_verdict(lo: float, hi: float, direction: int = +1) -> str:
-    """``HELD`` when the 95 % interval ``[lo, hi]`` of a claimed difference excludes 0 in the claimed
-    ``direction`` (+1: claimed > 0, -1: claimed < 0), ``FAILED`` when it excludes 0 the other way,
-    ``UNRESOLVED`` when it contains 0 or is undefined (NaN): the rule of ``benchmarks/verdicts.py``."""
-    if direction not in (1, -1):
-        raise ValueError(f"claim_verdict: direction = {direction}; pass +1 (claimed > 0) or -1 (claimed < 0)")
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        return "UNRESOLVED"
-    if lo > hi:
-        raise ValueError(f"claim_verdict: the interval [{lo}, {hi}] has lo > hi; pass (lo, hi) in order")
-    lo, hi = sorted((direction * lo, direction * hi))
-    return "HELD" if lo > 0 else ("FAILED" if hi < 0 else "UNRESOLVED")
-
 
 def restricted_confusion(sepm_result: dict, zs_result: dict, labels: Sequence[str], valence: dict,
                          branches: Sequence[str] = ("positive", "negative")) -> dict:

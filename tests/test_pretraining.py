@@ -1,4 +1,4 @@
-"""Issue 12: the pretraining world of emolens-tiny-v2 is distinct from the benchmarks and free of the
+"""Issue 12: the pretraining world of emolens-tiny (recipe v2) is distinct from the benchmarks and free of the
 methods' prompt text; world v2 keeps the ground truth and meets its token budget."""
 import numpy as np
 import pytest
@@ -25,10 +25,10 @@ def _ngrams(words, n):
     return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
 
 
-def _drawn_prompts(n=400, seed=0):
+def _drawn_prompts(n=400, seed=0, **kw):
     ws = pretrain.pretraining_worlds(seed)
     rng = np.random.default_rng(seed)
-    return [pretrain.make_pretraining_example(ws, rng) for _ in range(n)]
+    return [pretrain.make_pretraining_example(ws, rng, **kw) for _ in range(n)]
 
 
 def test_no_method_sentence_in_templates():
@@ -49,7 +49,27 @@ def test_no_method_sentence_in_drawn_prompts():
         text = " ".join(_words(p.text))
         for m in METHOD_SENTENCES + BENCHMARK_SENTENCES:
             assert " ".join(_words(m)) not in text, (m, p.text)
-        assert p.kind == "pretraining" and p.target in p.options
+        assert p.kind == "pretraining"
+        assert p.target in p.options or p.target in p.options.values()  # a letter, or the option's word
+
+
+def test_answer_forms_and_lookup():
+    """Perception questions are answered by letter or by the option's word (both halves present), and the
+    look-up task names an option word that sits under the answered letter."""
+    forms = {"letter": 0, "word": 0, "lookup": 0}
+    for s, p in _drawn_prompts(400, word_p=0.5, lookup=True):
+        q = dict(p.segments)["question"]
+        if any(q.startswith(t.split("{w}")[0]) for t in pretrain.LOOKUP_TEMPLATES):
+            forms["lookup"] += 1
+            assert p.options[p.target] in q
+        elif p.target in p.options:
+            forms["letter"] += 1
+        else:
+            forms["word"] += 1
+            assert p.target in p.options.values()
+    assert min(forms.values()) >= 30, forms
+    # the shipped recipe: every answer is a word, no look-up
+    assert all(p.target not in p.options and p.target in p.options.values() for _, p in _drawn_prompts(200))
 
 
 def test_scan_catches_a_method_sentence():
@@ -62,7 +82,9 @@ def test_scan_catches_a_method_sentence():
 def test_options_shuffled_and_read():
     """Options are drawn in random order: one emotion sits under many letters, and the option count varies."""
     letters, sizes = {}, set()
-    for s, p in _drawn_prompts(400):
+    for s, p in _drawn_prompts(400, word_p=0.0):
+        if p.target not in p.options:  # a word answer
+            continue
         lab = p.options[p.target]
         letters.setdefault(lab, set()).add(p.target)
         sizes.add(len(p.options))

@@ -2,7 +2,8 @@
 
 The survey (seed 002, Eq. 25) scores a closed label set by the model's next-token probabilities of
 each label's verbalizer; here the verbalizers are the option letters of a lettered query, resolved
-from the tokenizer (with and without a leading space), never hard-coded.
+from the tokenizer (with and without a leading space), never hard-coded -- or, for a model whose
+``LoadedModel.verbalizer`` is ``"word"`` (emolens-tiny, recipe v2), each option's own label word.
 
 Two distributions are returned because the papers use both:
 
@@ -65,7 +66,7 @@ def read_answers(logits: torch.Tensor, prompts: Sequence, letter_ids_fn) -> list
         opts = prompt.options
         if not opts:
             raise ValueError("prompt has no lettered options; use a template from emolens.prompts")
-        ids = letter_ids_fn(list(opts))
+        ids = letter_ids_fn(dict(opts))  # letters (a dict iterates as its letters) or, for word verbalizers, labels
         op, vp = letter_scores(logits[b], opts, ids)
         k = int(op.argmax())
         letters = list(opts)

@@ -18,6 +18,9 @@ def register(sub) -> None:
                         "token-count variant (emolens-tiny-audioN), with --finetune DATASET the supervised upper bound")
     t.add_argument("--finetune", default=None, metavar="DATASET",
                    help="with --from: fine-tune on DATASET's train split (emolens-tiny-ft: world-mer)")
+    t.add_argument("--word-answers", type=float, default=1.0,
+                   help="recipe v2: share of perception questions answered by the option's word, else its letter (shipped: 1.0)")
+    t.add_argument("--lookup", action="store_true", help="recipe v2: add the option look-up task (not in the shipped model)")
     t.add_argument("--lr", type=float, default=None, help="learning rate (default 3e-3 from scratch, 1e-3 with --from)")
     t.add_argument("--card", action="store_true", help="also measure held-out accuracy and write model_card.json (v2 recipe: the regime card of `emolens card`)")
     t.add_argument("--card-n", type=int, default=300)
@@ -39,10 +42,11 @@ def run(a) -> int:
             log = finetune_tiny(base, a.out, dataset=a.finetune, steps=a.steps, batch_size=a.batch_size, lr=lr, seed=a.seed)
         else:
             log = derive_variant(base, a.out, audio_tokens=a.audio_tokens, steps=a.steps, batch_size=a.batch_size,
-                                 lr=lr, seed=a.seed)
+                                 lr=lr, seed=a.seed, word_p=a.word_answers, lookup=a.lookup)
     else:
         log = train_tiny(a.out, seed=a.seed, steps=a.steps, batch_size=a.batch_size, vision_steps=a.vision_steps,
                          time_budget_s=a.time_budget, recipe=a.recipe, audio_tokens=a.audio_tokens,
+                         word_p=a.word_answers, lookup=a.lookup,
                          **({"lr": a.lr} if a.lr is not None else {}))
     print(f"trained emolens-tiny in {log['train_seconds']} s ({log['steps_done']} steps, {log['n_params']} params), "
           f"final loss {log['final_loss_mean_last50']:.4f} -> {a.out}")

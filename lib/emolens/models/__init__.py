@@ -16,8 +16,8 @@ CHECKPOINTS = TINY_DIR.parent
 
 
 def shipped_tiny(name) -> Path | None:
-    """The folder of a shipped emolens-tiny checkpoint by name (``emolens-tiny``, ``emolens-tiny-v2``,
-    ``emolens-tiny-v2-audio4`` ...: any folder under ``emolens/checkpoints``), else None."""
+    """The folder of a shipped emolens-tiny checkpoint by name (``emolens-tiny``, ``emolens-tiny-audio4``,
+    ``emolens-tiny-ft`` ...: any folder under ``emolens/checkpoints``), else None."""
     if name is None:
         return TINY_DIR
     if isinstance(name, str) and name.startswith(TINY_NAME) and "/" not in name and (CHECKPOINTS / name / "config.json").is_file():
@@ -45,7 +45,7 @@ def load_model(name_or_path: str = TINY_NAME, device: str = "auto", dtype="auto"
 
     Args:
         name_or_path: ``"emolens-tiny"`` (the embedded default, shipped in the package), another shipped
-            checkpoint by name (``"emolens-tiny-v2"`` and its variants, issue 12), a folder
+            checkpoint by name (``"emolens-tiny-audio4"``/``-audio16``/``-audio64``, ``"emolens-tiny-ft"``), a folder
             holding an emolens-tiny checkpoint (e.g. from ``emolens train-tiny``), or a local folder /
             locally cached Hugging Face id of a LLaVA, Qwen2-VL, Qwen2.5-VL, Qwen3-VL or InternVL model.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``.
@@ -79,7 +79,8 @@ def load_model(name_or_path: str = TINY_NAME, device: str = "auto", dtype="auto"
             model.set_attn_implementation(attn)
         return LoadedModel(model=model, processor=proc, family="emolens-tiny", device=dev, dtype=dt,
                            encoder=lambda s, p: proc(s, p, device=dev), letter_ids=proc.letter_ids,
-                           name=str(name_or_path), info={"path": str(path), "card": read_card(path)})
+                           name=str(name_or_path), info={"path": str(path), "card": read_card(path)},
+                           verbalizer=getattr(model.config, "verbalizer", "letter"), word_ids=proc.word_ids)
     from .hf import load_hf
 
     return load_hf(name_or_path, device=device, dtype=dtype, attn=attn, device_map=device_map)

@@ -84,6 +84,11 @@ class LoadedModel:
     letter_ids: Callable = None
     name: str = ""
     info: dict = field(default_factory=dict)
+    #: how an option is read from the next-token logits (the survey's verbalizers, seed 002 Eq. 25):
+    #: "letter" (the option's letter; every HF model) or "word" (the option's own label word, for a model
+    #: pretrained to name its answers: emolens-tiny recipe v2, see its model card)
+    verbalizer: str = "letter"
+    word_ids: Callable = None
 
     def encode(self, samples: Sequence, prompts: Sequence) -> Batch:
         if len(samples) != len(prompts):
@@ -92,8 +97,14 @@ class LoadedModel:
             raise ValueError("encode got an empty batch")
         return self.encoder(samples, prompts)
 
-    def option_token_ids(self, letters: Sequence[str]) -> dict:
-        return self.letter_ids(letters)
+    def option_token_ids(self, options) -> dict:
+        """``{letter: [token ids]}`` of each option's verbalizer. ``options``: the letters, or a prompt's
+        ``{letter: label}`` dict; with ``verbalizer == "word"`` and a dict, the ids are the label word's
+        (in every capitalisation the vocabulary has), so the option whose *word* scores highest wins."""
+        if self.verbalizer == "word" and isinstance(options, dict):
+            by_label = self.word_ids(list(options.values()))
+            return {k: by_label[v] for k, v in options.items()}
+        return self.letter_ids(list(options))
 
     @property
     def num_layers(self) -> int:

@@ -73,6 +73,9 @@ class EmolensTinyConfig(PreTrainedConfig):
     vision_hidden: int = 128
     vision_encoder: str = "mlp"
     tie_word_embeddings: bool = False
+    #: how answers are read (``LoadedModel.verbalizer``): "letter" (recipe v1) or "word" (recipe v2's
+    #: pretraining names answers; see the model card)
+    verbalizer: str = "letter"
 
 
 class PatchEncoder(nn.Module):
@@ -324,6 +327,20 @@ class TinyProcessor:
         if device is not None:
             inputs = {k: v.to(device) for k, v in inputs.items()}
         return Batch(inputs=inputs, layouts=layouts, prompts=list(prompts))
+
+    def word_ids(self, labels: Sequence[str]) -> dict:
+        """``{label: [ids]}``: the label word's token in each capitalisation the vocabulary has (the word
+        verbalizer of a recipe-v2 emolens-tiny)."""
+        out = {}
+        unk = self.tokenizer.unk_token_id
+        for lab in labels:
+            ids = sorted({i for w in (lab, lab.lower(), lab.capitalize())
+                          for i in [self.tokenizer.convert_tokens_to_ids(w)] if i is not None and i != unk})
+            if not ids:
+                raise ValueError(f"option label {lab!r} is not one word of the emolens-tiny vocabulary; the word "
+                                 f"verbalizer needs one-word labels (use the world's labels)")
+            out[lab] = ids
+        return out
 
     def letter_ids(self, letters: Sequence[str]) -> dict:
         out = {}

@@ -157,7 +157,7 @@ def _fit(model, proc, tok, draw, ws, rng, *, steps: int, batch_size: int, lr: fl
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / plan["steps"]))))
     model.train()
     t0 = time.time()
-    losses, done, stopped_early = [], 0, False
+    losses, letter_acc, done, stopped_early = [], [], 0, False
     bar = tqdm(range(steps), desc=desc, disable=not progress)
     for step in bar:
         ex = [draw(ws, rng) for _ in range(batch_size)]
@@ -171,6 +171,10 @@ def _fit(model, proc, tok, draw, ws, rng, *, steps: int, batch_size: int, lr: fl
         opt.step()
         sched.step()
         losses.append(float(loss.detach()))
+        is_letter = torch.tensor([len(e[1].target) == 1 and e[1].target.isupper() for e in ex])
+        if is_letter.any():  # running accuracy of the letter answers (chance ~ 1 / #options): progress only
+            hits = (out_.logits[:, -1].argmax(-1) == target)[is_letter].float()
+            letter_acc.append(float(hits.mean()))
         done = step + 1
         if time_budget_s is not None and step == 9:
             per = (time.time() - t0) / 10
@@ -178,7 +182,7 @@ def _fit(model, proc, tok, draw, ws, rng, *, steps: int, batch_size: int, lr: fl
         if step + 1 >= plan["steps"]:
             break
         if step % 20 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", letter_acc=f"{np.mean(letter_acc[-20:] or [0]):.2f}")
         if hard_budget_s is not None and time.time() - t0 > hard_budget_s:
             stopped_early = True
             break
@@ -193,7 +197,7 @@ def w_valence(label: str) -> str:
 
 def train_tiny(out: str, *, seed: int = 0, steps: int = 800, batch_size: int = 32, lr: float = 3e-3,
                vision_steps: int = 300, time_budget_s: Optional[float] = None, progress: bool = True,
-               recipe: str = "v1", audio_tokens: int = 1) -> dict:
+               recipe: str = "v1", audio_tokens: int = 1, word_p: float = 1.0, lookup: bool = False) -> dict:
     """Train emolens-tiny and save it (model, tokenizer, ``train_log.json``) to ``out``.
 
     Args:
@@ -209,6 +213,8 @@ def train_tiny(out: str, *, seed: int = 0, steps: int = 800, batch_size: int = 3
             (issue 12: the generic pretraining mixture of :mod:`emolens.models.pretrain` on EmoWorld
             version 2 scenes, 64-px frames, no method prompt text).
         audio_tokens: audio placeholder tokens per clip (MoSEAR Fig. 3c variants).
+        word_p, lookup: recipe v2's answer form (:func:`emolens.models.pretrain.make_pretraining_example`): the
+            shipped model names every answer (``word_p=1.0``, no look-up task; calibration log entries 3-6).
     Returns:
         the training log dict.
     """
@@ -225,11 +231,16 @@ def train_tiny(out: str, *, seed: int = 0, steps: int = 800, batch_size: int = 3
     if v2:
         from .pretrain import make_pretraining_example, pretraining_worlds
 
-        ws, draw = pretraining_worlds(seed), make_pretraining_example
+        import functools
+
+        ws = pretraining_worlds(seed)
+        draw = functools.partial(make_pretraining_example, word_p=word_p, lookup=lookup)
     else:
         ws, draw = _worlds(seed), make_example
     tok = build_tokenizer(_vocab())
     model = build_model(tok, seed=seed, image_size=64 if v2 else 32, audio_tokens=audio_tokens)
+    if v2:  # recipe v2 names its answers as often as it letters them: read answers by the option's word
+        model.config.verbalizer = "word"
     proc = TinyProcessor(tok, model.config)
     n_params = sum(p.numel() for p in model.parameters())
     t_start = time.time()
@@ -245,7 +256,7 @@ def train_tiny(out: str, *, seed: int = 0, steps: int = 800, batch_size: int = 3
     outp.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(outp))
     tok.save_pretrained(str(outp))
-    log = {"seed": seed, "recipe": recipe, "audio_tokens": audio_tokens, "steps_planned": plan_steps, "steps_done": done, "batch_size": batch_size, "lr": lr,
+    log = {"seed": seed, "recipe": recipe, "audio_tokens": audio_tokens, **({"word_p": word_p, "lookup": lookup} if v2 else {}), "steps_planned": plan_steps, "steps_done": done, "batch_size": batch_size, "lr": lr,
            "train_seconds": round(train_s + vision_s, 1), "vision_seconds": round(vision_s, 1),
            "vision_steps": vision_steps, "vision_final_loss": float(np.mean(vision_losses[-20:])) if vision_losses else None,
            "stopped_early_by_time_budget": stopped_early,
@@ -290,7 +301,7 @@ def _fit_log(losses, done, stopped, planned, secs) -> dict:
 
 
 def derive_variant(base, out, *, audio_tokens: int, steps: int = 300, batch_size: int = 32, lr: float = 1e-3,
-                   seed: int = 0, progress: bool = True) -> dict:
+                   seed: int = 0, progress: bool = True, word_p: float = 1.0, lookup: bool = False) -> dict:
     """An emolens-tiny variant with ``audio_tokens`` audio tokens per clip (MoSEAR Fig. 3c's token-imbalance
     study, which the paper ran by retraining), derived from the checkpoint ``base`` by the same recipe.
 
@@ -300,6 +311,9 @@ def derive_variant(base, out, *, audio_tokens: int, steps: int = 300, batch_size
     mixture, :func:`_fit`) for ``steps`` steps with a fresh data seed. Warm-starting keeps the four variants
     (1/4/16/64 tokens) comparable, because they differ only in the audio tokens, and keeps each one's
     training to minutes on a CPU. Choice documented in the model card.
+
+    With ``audio_tokens`` equal to the base's, this *continues* the base's training (the default model's
+    stage 1b: ``word_p=1.0, lookup=False``, every perception question answered by its word).
     """
     from .tiny import TinyProcessor, build_model
 
@@ -312,6 +326,7 @@ def derive_variant(base, out, *, audio_tokens: int, steps: int = 300, batch_size
     cfg = base_model.config
     model = build_model(tok, seed=seed, image_size=cfg.image_size, audio_tokens=int(audio_tokens),
                         vision_encoder=cfg.vision_encoder)
+    model.config.verbalizer = getattr(cfg, "verbalizer", "letter")
     sd = base_model.state_dict()
     h = cfg.text_config.hidden_size
     w, b = sd["audio.2.weight"], sd["audio.2.bias"]  # [h * n_base, h], [h * n_base]
@@ -328,7 +343,10 @@ def derive_variant(base, out, *, audio_tokens: int, steps: int = 300, batch_size
     if recipe == "v2":
         from .pretrain import make_pretraining_example, pretraining_worlds
 
-        ws, draw = pretraining_worlds(seed + 1), make_pretraining_example
+        import functools
+
+        ws = pretraining_worlds(seed + 1)
+        draw = functools.partial(make_pretraining_example, word_p=word_p, lookup=lookup)
     else:
         ws, draw = _worlds(seed + 1), make_example
     rng = np.random.default_rng(seed + 1000 + int(audio_tokens))
@@ -336,6 +354,7 @@ def derive_variant(base, out, *, audio_tokens: int, steps: int = 300, batch_size
                desc=f"variant audio{audio_tokens}")
     return _save(model, tok, outp, {"recipe": recipe, "derived_from": str(Path(base).name), "seed": seed,
                                     "audio_tokens": int(audio_tokens), "batch_size": batch_size, "lr": lr,
+                                    "word_p": word_p, "lookup": lookup,
                                     "how": "warm start from the base, audio MLP's last layer tiled over the tokens, "
                                            "stage 1 of the base's recipe continued", **_fit_log(*fit),
                                     "n_params": int(sum(p.numel() for p in model.parameters()))})
@@ -344,8 +363,8 @@ def derive_variant(base, out, *, audio_tokens: int, steps: int = 300, batch_size
 def finetune_tiny(base, out, *, dataset: str = "world-mer", steps: int = 300, batch_size: int = 32, lr: float = 1e-3,
                   seed: int = 0, progress: bool = True) -> dict:
     """``emolens-tiny-ft``: ``base`` fine-tuned on ``dataset``'s *train* split with the benchmark's own query
-    (the plain fine query over its labels, options shuffled on half of the examples so the letters must be
-    read), vision tower frozen: the supervised upper bound the training-free methods are compared against.
+    (the plain fine query over its labels, options shuffled on half of the examples; the target is the label's
+    verbalizer: its word for a word-verbalizer model, else its letter), vision tower frozen: the supervised upper bound the training-free methods are compared against.
     Validation and test splits are never seen (the world's splits use disjoint seeds)."""
     from ..data import load_dataset
 
@@ -357,12 +376,15 @@ def finetune_tiny(base, out, *, dataset: str = "world-mer", steps: int = 300, ba
         p.requires_grad_(False)
     ds = load_dataset(dataset, "train", seed=0)
 
+    word = getattr(model.config, "verbalizer", "letter") == "word"
+
     def draw(_ws, rng):
         s = ds[int(rng.integers(len(ds)))]
         pr = P.fine_query(ds.labels, contrastive=False)
         if rng.random() < 0.5:
             pr = P.shuffle_options(pr, rng)
-        return s, pr.with_target(s.label)
+        # the target is what the model's verbalizer reads: the label word, or its letter
+        return s, (P.Prompt(list(pr.segments), dict(pr.options), pr.kind, s.label) if word else pr.with_target(s.label))
 
     rng = np.random.default_rng(seed + 7)
     fit = _fit(model, proc, tok, draw, None, rng, steps=steps, batch_size=batch_size, lr=lr, progress=progress,

@@ -115,17 +115,15 @@ if has_card:
     for ax, (name, vals) in zip(axes[:2], panels.items()):
         keys, v = list(vals), np.array(list(vals.values()), float)
         lo_hi = np.array([wilson(x, n_card) for x in v])
-        ax.barh(np.arange(len(v)), v, xerr=np.abs(lo_hi.T - v), capsize=3, color="tab:blue", alpha=0.8)
-        ax.set_yticks(np.arange(len(v)), keys, fontsize=8)
+        ax.barh(np.arange(len(v)), v, xerr=np.abs(lo_hi.T - v), capsize=3, color="tab:blue", alpha=0.75)
+        ax.set_yticks(np.arange(len(v)), [f"{k}  {x:.3f}" for k, x in zip(keys, v)], fontsize=8)
         ax.invert_yaxis()
-        for i, x in enumerate(v):
-            ax.text(min(x + 0.03, 0.85), i, f"{x:.3f}", va="center", fontsize=7)
         ax.set_xlim(0, 1)
         ax.set_xlabel("accuracy")
         ax.set_title(name, fontsize=9)
     for i, (lo_t, hi_t) in enumerate([(0.55, 0.72), (0.45, 0.65)]):  # the preregistered ranges (world-mer, world-emoset)
-        axes[0].fill_betweenx([i - 0.45, i + 0.45], lo_t, hi_t, color="tab:green", alpha=0.2, lw=0,
-                              label="target range" if i == 0 else None)
+        axes[0].add_patch(plt.Rectangle((lo_t, i - 0.45), hi_t - lo_t, 0.9, fill=False, ec="tab:green", lw=2, zorder=4,
+                                        label="preregistered target range" if i == 0 else None))
     axes[0].axvline(chance, ls="--", color="0.3", lw=1, label="chance")
     axes[1].axvline(chance + 0.15, ls="--", color="0.3", lw=1, label="chance + 0.15")
     handles = [h for ax in axes[:2] for h in ax.get_legend_handles_labels()[0]]
@@ -139,7 +137,8 @@ if has_card:
             ax.text(i, np.nan_to_num(x), "n/a" if np.isnan(x) else f"{x:.3g}", ha="center", va="bottom", fontsize=7)
         ax.set_ylim(0, 1.25 * np.nanmax(np.r_[v, 1e-9]))
         ax.set_title(textwrap.fill(name, 26), fontsize=9)
-    axes[2].set_ylabel("value")
+    for ax, lab in zip(axes[2:], ("attention mass", "accuracy", "attention per token")):
+        ax.set_ylabel(lab, fontsize=8)
     plots.save(fig, out_dir, "model_card")
     card_rows = pd.DataFrame([{"group": g, "quantity": k, "value": x} for g, d in {**panels, **premises}.items()
                               for k, x in d.items()])
@@ -306,7 +305,7 @@ k_zs, k_cue, k_rand = pred
 d_cue = M.paired_bootstrap_delta(gold, pred[k_zs], pred[k_cue], "war", n=1000, seed=seed)  # cost of removing the face
 d_rand = M.paired_bootstrap_delta(gold, pred[k_zs], pred[k_rand], "war", n=1000, seed=seed)
 d_lever = M.paired_bootstrap_delta(gold, pred[k_rand], pred[k_cue], "war", n=1000, seed=seed)  # cost(cue) - cost(random)
-fig = plots.comparison_bars(lev.iloc[1:], "condition", "WAR", "lo", "hi", zero_shot=zs_ci, ylim=(0, 1), ylabel="WAR",
+fig = plots.comparison_bars(lev.iloc[1:], "condition", "WAR", "lo", "hi", zero_shot=zs_ci, ylim=(0, 1.05), ylabel="WAR",
                             title=f"{dataset}: accuracy when tokens are removed (n = {len(ev)}, 95 % CI)")
 plots.save(fig, out_dir, "lever_demo")
 lever_overlaps = usage.overlapping_texts(fig)
@@ -372,7 +371,7 @@ for l, r in rows.items():
 parts = np.sort(np.concatenate([lay.visual, lay.audio, lay.content, lay.instruction]))
 assert np.array_equal(parts, lay.valid)
 assert dropped["cue"] == dropped["random"] and len(dropped["cue"]) == len(ev)
-assert prof["cue_share"].between(0, 1).all() and (prof[["visual", "audio", "content", "instruction"]].sum(1) <= 1 + 1e-4).all()
+assert prof["cue_share"].between(0, 1).all() and (prof[["visual", "audio", "content", "instruction"]].sum(axis=1) <= 1 + 1e-4).all()
 for est, lo, hi in [tuple(x) for x in lev[["WAR", "lo", "hi"]].to_numpy()] + [zs_ci, d_cue, d_rand, d_lever]:
     assert lo - 1e-9 <= est <= hi + 1e-9, (est, lo, hi)
 assert [p["uid"] for p in zs["predictions"]] == [x.uid for x in ev]

@@ -80,9 +80,10 @@ counts
 # ## Every comparison, with its interval (forest plot)
 #
 # One row per comparison, one panel per claim: the point is the measured difference, the bar its 95 %
-# paired-bootstrap CI, the dashed line 0. Green: holds (CI excludes 0 in the claimed direction), red:
-# reversed, grey: unresolved. The percentage-point panels share one x scale; MoSEAR Fig. 3's comparison
-# is a difference of attention shares (verdicts.py reports it unscaled) and gets its own.
+# paired-bootstrap CI (also printed on the right), the dashed line 0. Green: holds (CI excludes 0 in the
+# claimed direction), red: reversed, grey: unresolved. Each panel has its own x scale centred on 0 (the
+# effects range from tenths of a point to tens of points); MoSEAR Fig. 3's comparison is a difference of
+# attention shares (verdicts.py reports it unscaled), the others are percentage points.
 
 # %% tags=[]
 UNITS = {"mosear_fig3": "difference of attention share (UAP)"}  # verdicts.py: part(..., scale=1.0)
@@ -90,8 +91,6 @@ COLORS = {"holds": "tab:green", "reversed": "tab:red", "unresolved": "0.5"}
 forest = pd.DataFrame([{"claim_id": c["id"], "claim": c["claim"].split(":")[0], "comparison": p["comparison"],
                         "delta": p["delta"], "lo": p["ci"][0], "hi": p["ci"][1], "direction": p["direction"],
                         "verdict": p["verdict"]} for c in claims for p in c["parts"]])
-pp = forest[~forest.claim_id.isin(list(UNITS))]
-span = max(1.0, float(np.abs(pp[["lo", "hi"]].to_numpy()).max())) * 1.08 if len(pp) else 1.0
 sizes = [len(c["parts"]) for c in claims]
 fig, axes = plt.subplots(len(claims), 1, figsize=(9, 0.5 * sum(sizes) + 0.75 * len(claims) + 0.6), squeeze=False,
                          layout="constrained", gridspec_kw={"height_ratios": [s + 1.2 for s in sizes]})
@@ -101,15 +100,16 @@ for ax, c in zip(axes[:, 0], claims):
     for i, r in sub.iterrows():
         ax.errorbar(r.delta, i, xerr=[[r.delta - r.lo], [r.hi - r.delta]], fmt="o", color=COLORS[r.verdict], capsize=3)
     ax.axvline(0, ls="--", color="0.25", lw=1)
-    ax.set_yticks(y, [textwrap.fill(f"{r.comparison} (claimed {r.direction})", 46) for r in sub.itertuples()], fontsize=7)
+    ax.set_yticks(y, [textwrap.fill(r.comparison if "claimed" in r.comparison else f"{r.comparison} (claimed {r.direction})",
+                                    46) for r in sub.itertuples()], fontsize=7)
     ax.set_ylim(len(sub) - 0.5, -0.5)
-    if c["id"] in UNITS:
-        m = max(1e-6, float(np.abs(sub[["lo", "hi"]].to_numpy()).max())) * 1.08
-        ax.set_xlim(-m, m)
-        ax.set_xlabel(UNITS[c["id"]], fontsize=8)
-    else:
-        ax.set_xlim(-span, span)
-        ax.set_xlabel("difference (percentage points)", fontsize=8)
+    m = max(0.5 if c["id"] not in UNITS else 1e-3, float(np.abs(sub[["lo", "hi"]].to_numpy()).max())) * 1.15
+    ax.set_xlim(-m, m)  # each claim on its own scale, centred on 0, so small effects stay visible
+    ax.set_xlabel(UNITS.get(c["id"], "difference (percentage points)"), fontsize=8)
+    right = ax.twinx()  # the numbers beside each row
+    right.set_ylim(ax.get_ylim())
+    right.set_yticks(y, [f"{r.delta:+.2f} [{r.lo:+.2f}, {r.hi:+.2f}]" for r in sub.itertuples()], fontsize=7)
+    right.grid(False)
     ax.tick_params(axis="x", labelsize=7)
     ax.set_title(f"{c['claim'].split(':')[0]}: {c['verdict']}", fontsize=9, loc="left")
 plots.save(fig, out_dir, "forest")
@@ -148,7 +148,7 @@ rows = [{"method": f"zero-shot ({model})", "WAR": zs_ci[0], "lo": zs_ci[1], "hi"
         {"method": f"upper bound ({upper_bound})", "WAR": ft_ci[0], "lo": ft_ci[1], "hi": ft_ci[2], "n": len(ft["predictions"])}]
 table = pd.DataFrame(rows)
 table["gap closed"] = (table.WAR - zs_ci[0]) / gap[0] if abs(gap[0]) > 1e-9 else np.nan
-fig = plots.comparison_bars(table, "method", "WAR", "lo", "hi", zero_shot=zs_ci, ylim=(0, 1), ylabel="WAR",
+fig = plots.comparison_bars(table, "method", "WAR", "lo", "hi", zero_shot=zs_ci, ylim=(0, 1.05), ylabel="WAR",
                             title=f"{dataset}/{split}: training-free methods vs the supervised upper bound (95 % CI)")
 plots.save(fig, out_dir, "upper_bound")
 bars_overlaps = usage.overlapping_texts(fig)
@@ -200,8 +200,10 @@ if len(tf) and vs_base:
                     for p in vs_base)
         + f". The best training-free method on {dataset}, {best.method}, scores {best.WAR:.3f} "
         f"[{best.lo:.3f}, {best.hi:.3f}]"
-        + (f", {100 * best['gap closed']:.0f} % of the supervised gap." if np.isfinite(best["gap closed"]) else ".")
-        + (" Editing which tokens are used and how strongly moves the frozen model less than training does."
+        + (f" ({100 * best['gap closed']:.0f} % of the supervised gap)" if np.isfinite(best["gap closed"]) else "")
+        + (", above the upper bound's interval." if best.lo > ft_ci[2] else ", below the upper bound's interval."
+           if best.hi < ft_ci[1] else ", within the upper bound's interval.")
+        + (" Editing which tokens are used, and how strongly, did not lift the frozen model above zero-shot here."
            if gap_word != "HELD" else " Part of what training buys, inference-time token usage buys too."))
 display(Markdown("\n\n".join(lines)))
 

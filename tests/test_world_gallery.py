@@ -69,3 +69,15 @@ def test_overlapping_texts_finds_a_collision_and_only_that():
     ax.text(0.52, 0.5, "second label", transform=ax.transAxes)
     assert usage.overlapping_texts(fig) == [("first label", "second label")]
     plt.close(fig)
+
+
+def test_overlapping_texts_ignores_what_is_not_drawn():
+    """Tick labels outside the view limits and a twin axis's hidden x labels are not collisions."""
+    fig, ax = plt.subplots(figsize=(4, 2.5), layout="constrained")
+    ax.plot([0, 1], [0, 1])
+    ax.set_ylim(0, 1.05)
+    ax.set_title("a title just above the top tick")
+    right = ax.twinx()
+    right.set_yticks([0.2, 0.8], ["+1.00 [0.5, 1.5]", "-2.00 [-3.0, -1.0]"])
+    assert usage.overlapping_texts(fig) == []
+    plt.close(fig)

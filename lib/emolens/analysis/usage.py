@@ -219,6 +219,16 @@ def overlapping_texts(fig) -> list:
 
     fig.canvas.draw()  # extents are only known after a draw
     r = fig.canvas.get_renderer()
+    hidden = set()  # texts that exist but are not drawn: tick labels outside the view, hidden axes (twins)
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            if not (ax.get_visible() and axis.get_visible()):
+                hidden.update(id(t) for t in [*axis.get_ticklabels(), axis.label, axis.get_offset_text()])
+        for locs, labels, lim in ((ax.get_xticks(), ax.get_xticklabels(), ax.get_xlim()),
+                                  (ax.get_yticks(), ax.get_yticklabels(), ax.get_ylim())):
+            lo, hi = min(lim), max(lim)
+            tol = 1e-9 * max(1.0, abs(hi - lo))
+            hidden.update(id(t) for x, t in zip(locs, labels) if not lo - tol <= x <= hi + tol)
     boxes = [(t.get_text(), t.get_window_extent(r)) for t in fig.findobj(Text)
-             if t.get_visible() and t.get_text().strip() and t.figure is not None]
+             if t.get_visible() and t.get_text().strip() and t.figure is not None and id(t) not in hidden]
     return [(ta, tb) for i, (ta, a) in enumerate(boxes) for tb, b in boxes[i + 1:] if a.overlaps(b)]

@@ -89,7 +89,7 @@ def test_nts_solutions_equal_eq4_and_eq6():
     g = torch.Generator().manual_seed(3)
     for n in (1, 7, 128):
         a, b = torch.rand(n, generator=g, dtype=torch.float64), torch.rand(n, generator=g, dtype=torch.float64)
-        np.testing.assert_allclose(ns["solution_contrastive_utility"](a, b).numpy(), contrastive_utility(a, b, "minmax"))
+        np.testing.assert_allclose(ns["solution_contrastive_utility"](a, b).numpy(), contrastive_utility(a.numpy(), b.numpy(), "minmax"))
         s = torch.round(torch.rand(n, generator=g, dtype=torch.float64) * 5)   # ties: the earlier index wins
         for p in (0.03, 0.07, 0.2, 0.5, 1.0):
             np.testing.assert_array_equal(ns["solution_top_p"](s, p).numpy(), top_p(s.numpy(), p))

@@ -240,6 +240,7 @@ _ = plots.save(fig, out_dir, "selection_overlay")
 print("subtitle (kept words in [brackets], ground-truth cue words marked *):")
 print(" ".join((f"[{w}]" if k else w) + ("*" if c else "") for w, k, c in zip(words, m[lay.content], lay.cue_content)))
 
+
 # %% [markdown] tags=[]
 # ## Exercise · Eq. 4 and Eq. 6 in a few lines of torch
 #

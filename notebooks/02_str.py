@@ -249,6 +249,7 @@ print(f"{int((gamma_raw < 0).sum())} negative gamma before clamping; anchors: {i
       f"{bool(np.all(np.delete(gamma_method, np.r_[K_v, K_con]) == 1.0))}")
 kept.drop(columns=["|q_i| (head mean)", "|k_i| (head mean)"]).round(4)
 
+
 # %% [markdown] tags=[]
 # ## Exercise · Eq. 9-11 in a few lines of torch
 #

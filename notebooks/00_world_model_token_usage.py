@@ -324,7 +324,7 @@ card_txt = ""
 if has_card:
     ok = lambda b: "met" if b else "**not met**"  # noqa: E731
     card_txt = (f"\n\n**The model.** Zero-shot on the test split (n = {n_card} per cell) emolens-tiny answers world-mer at "
-                f"{cal['world-mer']['war']:.3f} and world-emoset at {cal['world-emoset']['war']:.3f} (chance {chance:.3f}); on "
+                f"{cal['world-mer']['war']:.3f} (chance {chance:.3f}) and world-emoset at {cal['world-emoset']['war']:.3f}; on "
                 f"CA-MER consistent / audio-aligned / video-aligned {cal['world-camer']['consistent']:.3f} / "
                 f"{cal['world-camer']['audio-aligned']:.3f} / {cal['world-camer']['video-aligned']:.3f}. Alone, each modality "
                 f"gives visual {cal['single_modality']['visual']:.3f}, audio {cal['single_modality']['audio']:.3f}, text "

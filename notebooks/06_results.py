@@ -126,7 +126,12 @@ forest_overlaps = usage.overlapping_texts(fig)
 
 # %% tags=[]
 lm = emolens.load_model(model, device=device)
-ub = emolens.load_model(upper_bound, device=device)
+try:
+    ub = emolens.load_model(upper_bound, device=device)
+except FileNotFoundError as e:  # one line: what is missing and how to make it
+    raise FileNotFoundError(f"the upper bound {upper_bound!r} is not shipped here ({str(e).splitlines()[0][:80]}...); make it "
+                            f"with `emolens train-tiny --from lib/emolens/checkpoints/emolens-tiny --finetune {dataset} "
+                            f"--out lib/emolens/checkpoints/emolens-tiny-ft`, or pass -p upper_bound <checkpoint folder>") from None
 ev = dict(split=split, limit=n_eval, seed=seed, batch_size=32, progress=False)
 zs = cached_evaluate(lm, dataset, "zero-shot", **ev)
 ft = cached_evaluate(ub, dataset, "zero-shot", **ev)

@@ -79,10 +79,10 @@ def test_readme_card_block_is_the_shipped_card():
     from pathlib import Path
 
     from emolens.models import TINY_DIR
-    from emolens.models.regime import README_END, README_START, markdown, shipped_variant_cards
+    from emolens.models.regime import README_END, README_START, markdown, shipped_variants
 
     card = json.loads((TINY_DIR / "model_card.json").read_text())
-    block = markdown(card, shipped_variant_cards())
+    block = markdown(card, shipped_variants())
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     got = readme[readme.index(README_START) + len(README_START):readme.index(README_END)].strip()
     assert got == block.strip()

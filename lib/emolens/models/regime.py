@@ -192,6 +192,7 @@ def write_regime_card(path, *, n: int = 600, seed: int = 4242, readme=None) -> d
 
     lm = load_model(str(path), attn="emolens")
     card = measure_regime(lm, n=n, seed=seed)
+    card["model"] = Path(path).name  # the shipped name, not this machine's folder
     card["criteria"] = criteria(card)
     log = Path(path) / "train_log.json"
     if log.is_file():
@@ -211,21 +212,19 @@ def write_regime_card(path, *, n: int = 600, seed: int = 4242, readme=None) -> d
     card["summary"] = table(card)
     (Path(path) / "model_card.json").write_text(json.dumps(card, indent=2))
     if readme is not None:
-        update_readme(readme, markdown(card, shipped_variant_cards()))
+        update_readme(readme, markdown(card, shipped_variants()))
     return card
 
 
-def shipped_variant_cards() -> dict:
-    """``{variant name: its model_card.json}`` for each shipped variant that has a regime card."""
+def shipped_variants() -> dict:
+    """``{variant name: its train_log.json}`` for each shipped variant (:data:`VARIANTS`)."""
     from . import CHECKPOINTS
 
     out = {}
     for name in VARIANTS:
-        f = CHECKPOINTS / name / "model_card.json"
+        f = CHECKPOINTS / name / "train_log.json"
         if f.is_file():
-            c = json.loads(f.read_text())
-            if "calibration" in c:
-                out[name] = c
+            out[name] = json.loads(f.read_text())
     return out
 
 
@@ -247,7 +246,7 @@ def _stats_md(stats: dict) -> list:
 def markdown(card: dict, variants: Optional[dict] = None) -> str:
     """The README's model-card block (between ``<!-- card:start -->`` and ``<!-- card:end -->``) rendered
     from a regime card (:func:`measure_regime` + ``criteria`` + ``pretraining_statistics`` + ``training``);
-    ``variants``: ``{name: that variant's card}`` for the variants table."""
+    ``variants``: ``{name: that variant's train_log.json}`` for the variants table."""
     cal, pr = card["calibration"], card["premises"]
     crit = card.get("criteria") or criteria(card)
     ok = lambda b: "yes" if b else "**no**"  # noqa: E731
@@ -287,15 +286,16 @@ def markdown(card: dict, variants: Optional[dict] = None) -> str:
         out += ["", "The pretraining world (`emolens.models.pretrain`): generic questions, no benchmark query and no method "
                 "prompt (tests/test_pretraining.py scans every template).", ""] + _stats_md(card["pretraining_statistics"])
     if variants:
-        out += ["", "| variant (`load_model(name)`) | how | world-mer | camer C / A / V | mid-layer per token audio vs visual |",
-                "|---|---|---:|---|---|"]
-        for name, v in variants.items():
-            vc, vm = v["calibration"], v["premises"]["mosear_mid_layer_per_token"]
-            how = (v.get("training") or {}).get("how_short", "")
-            out.append(f"| `{name}` | {how} | {vc['world-mer']['war']:.3f} | {vc['world-camer']['consistent']:.3f} / "
-                       f"{vc['world-camer']['audio-aligned']:.3f} / {vc['world-camer']['video-aligned']:.3f} | "
-                       f"{vm['audio']} vs {vm['visual']} |")
-        out.append(f"(variants: n = {next(iter(variants.values()))['n_per_cell']} per cell, same seed and split)")
+        out += ["", "| variant (`load_model(name)`) | audio tokens | how it was made | steps | final loss |",
+                "|---|---:|---|---:|---:|"]
+        for name, log in variants.items():
+            how = (f"emolens-tiny fine-tuned on {log['finetuned_on']} with the benchmark query (supervised upper bound)"
+                   if log.get("finetuned_on") else
+                   f"emolens-tiny's weights, the audio projection tiled over {log.get('audio_tokens')} tokens, then its recipe continued")
+            out.append(f"| `{name}` | {log.get('audio_tokens')} | {how} | {log.get('steps_done')} | "
+                       f"{log.get('final_loss_mean_last50', float('nan')):.3f} |")
+        out.append("(`emolens train-tiny --from emolens-tiny --audio-tokens N` / `--finetune world-mer`; the variants are "
+                   "measured where they are used: notebook 05's token-imbalance study, notebook 06's upper bound)")
     return "\n".join(out)
 
 

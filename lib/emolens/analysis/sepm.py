@@ -7,7 +7,7 @@ orchestrate library calls so that a walkthrough's cells stay short and fast.
 * :class:`SepmLab` evaluates many SEPM configurations (alpha, beta, strategy, CCI/FP/VTA) on one fixed
   list of samples. It calls the library's own pieces (``run_stage1``, ``SEPM.dropping``,
   ``SEPM.stage2_prompts``, ``run_stage2``) and reuses forwards: stage 1 runs once per
-  (CCI, FP, significance rows) and is alpha-free (the branch is re-derived from C by Algorithm 1's
+  (CCI, FP, significance rows) -- a coarse pass without rows reuses one with rows -- and is alpha-free (the branch is re-derived from C by Algorithm 1's
   ``C > alpha`` test); a stage-2 answer is cached per (sample, Q_f, dropping map R), so an alpha sweep
   costs two stage-2 passes in total. Samples are processed in chunks of ``batch_size`` in sample order,
   exactly as :func:`emolens.evaluate.evaluate` batches them; when a configuration needs every sample
@@ -88,6 +88,11 @@ class SepmLab:
         from ..methods.sepm import run_stage1
 
         key = (bool(cci), bool(fp), rows, bool(prompt_spans))
+        if key not in self._s1 and rows is None and cci:
+            # a coarse pass that also captured attention rows has the same logits, C and branches: reuse it
+            for (c2, f2, _, p2), chunks in self._s1.items():
+                if (c2, f2, p2) == key[:2] + key[3:]:
+                    return chunks
         if key not in self._s1:
             out = []
             for ch in self._chunks(range(len(self.samples))):
@@ -162,11 +167,14 @@ class SepmLab:
 
     def result(self, **params) -> dict:
         """One configuration in :func:`emolens.evaluate.evaluate`'s result shape (``metrics["war"]`` and
-        per-sample ``predictions`` with ``uid``, ``gold``, ``label`` and ``extra`` = branch, dropped, k),
+        per-sample ``predictions`` with ``uid``, ``gold``, ``label`` and ``extra`` = branch, dropped, k,
+        n_visual, coarse, confidence),
         so :func:`emolens.cache.result_ci` / :func:`~emolens.cache.result_delta` give its intervals."""
         r = self.run(**params)
-        preds = [{"uid": s.uid, "gold": g, "label": a, "extra": {"branch": b, "dropped": d, "k": k}}
-                 for s, g, a, b, d, k in zip(self.samples, r["gold"], r["label"], r["branch"], r["dropped"], r["k"])]
+        preds = [{"uid": s.uid, "gold": g, "label": a,
+                  "extra": {"branch": b, "dropped": d, "k": k, "n_visual": nv, "coarse": c, "confidence": conf}}
+                 for s, g, a, b, d, k, nv, c, conf in zip(self.samples, r["gold"], r["label"], r["branch"], r["dropped"],
+                                                          r["k"], r["n_visual"], r["coarse"], r["confidence"])]
         return {"metrics": {"war": r["accuracy"]}, "predictions": preds, "config": {"method": {"method": "sepm", **params}}}
 
 
@@ -335,5 +343,5 @@ def dropping_grid(samples: Sequence, layouts: Sequence, significances: Sequence,
         dropped.append(row)
     for ax in axes.ravel():
         ax.title.set_fontsize(8)
-    plots._colorbar(fig, axes[:, 0], cmap, lo, hi, "P̄ (Eq. 8): FoE rows' attention")
+    plots._colorbar(fig, axes, cmap, lo, hi, "P̄ (Eq. 8): FoE rows' attention")
     return fig, dropped

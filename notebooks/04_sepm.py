@@ -162,6 +162,7 @@ ids = lm.option_token_ids(dict(s1.batch.prompts[0].options))   # the token ids t
 print(f"z: {tuple(z.shape)}; verbalizer: {lm.verbalizer}; options {dict(s1.batch.prompts[0].options)}; "
       f"token ids of A: {ids['A']}, of B: {ids['B']}")
 
+
 # %% [markdown] tags=[]
 # ### Exercise: Eq. 3-4 in torch
 #
@@ -517,6 +518,7 @@ display(err_table)
 by_branch.groupby("branch").agg(n=("sepm", "size"), coarse_accuracy=("coarse correct", "mean"),
                                 sepm_accuracy=("sepm", "mean"), zero_shot_accuracy=("zero-shot", "mean")).round(4)
 
+
 # %% [markdown] tags=[]
 # ## 10 · Sensitivity to $\alpha$ and $\beta$ (SEPM Fig. 3)
 #
@@ -578,6 +580,7 @@ display(sweep_a.round(4))
 display(sweep_t.round(6))
 display(sweep_b.round(4))
 beta_claims.round(4)
+
 
 # %% [markdown] tags=[]
 # ## 11 · Per-class accuracy (SEPM Fig. 6)

@@ -293,7 +293,7 @@ em_long = pd.concat([emass_df.assign(readout=lab, emass=emass_df[c], lo=emass_df
 fig = plots.sweep_lines(em_long, "eps", "emass", "lo", "hi", hue="readout", xlabel="nuisance eps",
                         ylabel="EMass (0.5 = no preference)", title="EMass on the ground-truth evidence set")
 fig.axes[0].axhline(0.5, color="0.6", lw=0.8, ls=":")
-fig.axes[0].set_xticks(list(eps_grid))
+fig.axes[0].set_xticks(list(emass_df.eps))
 plots.save(fig, out_dir, "noise_emass")
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
@@ -306,10 +306,11 @@ for name, lab in (("gain", "EMass gain (total)"), ("mask_part", "the mask alone"
     ax.plot(emass_df.eps, emass_df[name], marker="o", label=lab)
     ax.fill_between(emass_df.eps, emass_df[f"{name}_lo"], emass_df[f"{name}_hi"], alpha=0.2)
 ax.set_ylabel("EMass difference")
-for ax, t in zip(axes, ("F1: WETR - zero-shot (paired)", "EMass: WETR - frozen, decomposed")):
+for ax, t, ticks in zip(axes, ("F1: WETR - zero-shot (paired)", "EMass: WETR - frozen, decomposed"),
+                        (list(eps_grid), list(emass_df.eps))):
     ax.axhline(0, color="0.25", ls="--", lw=1.2, label="no difference")
     ax.set_xlabel("nuisance eps")
-    ax.set_xticks(list(eps_grid))
+    ax.set_xticks(ticks)
     ax.set_title(t)
     ax.legend(fontsize=8)
 fig.tight_layout()

@@ -116,12 +116,7 @@ def run_collection(out: str = "runs/notebooks", only: Optional[str] = None, para
 
     A failing notebook does not stop the others; the report shows its error and partial output, and
     :class:`NotebooksFailed` is raised at the end so that the command exits non-zero.
-
-    The kernels share one evaluation cache (:mod:`emolens.cache`): ``$EMOLENS_CACHE_DIR`` when set,
-    else ``<out>/cache`` (absolute; the kernels run in notebooks/), set for this run only.
     """
-    import os
-
     from tqdm.auto import tqdm
 
     from . import report
@@ -129,17 +124,10 @@ def run_collection(out: str = "runs/notebooks", only: Optional[str] = None, para
     outp = Path(out)
     params = {k: _coerce(v) for k, v in (params or {}).items()}
     records = []
-    set_cache = "EMOLENS_CACHE_DIR" not in os.environ
-    if set_cache:  # papermill's kernels inherit this process's environment
-        os.environ["EMOLENS_CACHE_DIR"] = str((outp / "cache").resolve())
-    try:
-        for nb in tqdm(notebook_paths(only), desc="notebooks"):
-            declared = declared_parameters(nb)
-            mine = {k: v for k, v in params.items() if k in declared}  # collection-wide -p applies where declared
-            records.append(execute(nb, outp / nb.stem, mine, keep_going=True))
-    finally:
-        if set_cache:
-            os.environ.pop("EMOLENS_CACHE_DIR", None)
+    for nb in tqdm(notebook_paths(only), desc="notebooks"):
+        declared = declared_parameters(nb)
+        mine = {k: v for k, v in params.items() if k in declared}  # collection-wide -p applies where declared
+        records.append(execute(nb, outp / nb.stem, mine, keep_going=True))
     index = report.write_index(outp, records, params=params)
     failed = [r for r in records if r["error"]]
     if failed:
@@ -151,10 +139,9 @@ def run_collection(out: str = "runs/notebooks", only: Optional[str] = None, para
 # ---------------------------------------------------------------------------------------------
 # The committed notebooks: refreshed in place, cleaned, and the checks the tests run on them.
 
-# What a committed .ipynb keeps. Cell metadata: tags, and "jupyter" (source_hidden: an exercise's
-# collapsed solution cell), as notebooks/jupytext.toml pairs them.
+# What a committed .ipynb keeps. Cell metadata: only tags, as notebooks/jupytext.toml pairs them.
 NB_METADATA_KEEP = ("kernelspec", "language_info")
-CELL_METADATA_KEEP = ("tags", "jupyter")
+CELL_METADATA_KEEP = ("tags",)
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 IGNORE_MARK = "NBVAL_IGNORE_OUTPUT"
 

@@ -220,9 +220,7 @@ def train_tiny(out: str, *, seed: int = 0, steps: int = 800, batch_size: int = 3
     """
     from .tiny import TinyProcessor, build_model, build_tokenizer
 
-    outp = Path(out)
-    if outp.exists() and any(outp.iterdir()):
-        raise FileExistsError(f"{outp} exists and is not empty; choose a new --out folder (nothing is overwritten)")
+    outp = _empty_out(out)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     if recipe not in ("v1", "v2"):
@@ -239,7 +237,7 @@ def train_tiny(out: str, *, seed: int = 0, steps: int = 800, batch_size: int = 3
         ws, draw = _worlds(seed), make_example
     tok = build_tokenizer(_vocab())
     model = build_model(tok, seed=seed, image_size=64 if v2 else 32, audio_tokens=audio_tokens)
-    if v2:  # recipe v2 names its answers as often as it letters them: read answers by the option's word
+    if v2:  # recipe v2 names every answer: answers are read by the option's word (survey Eq. 25)
         model.config.verbalizer = "word"
     proc = TinyProcessor(tok, model.config)
     n_params = sum(p.numel() for p in model.parameters())
@@ -247,24 +245,14 @@ def train_tiny(out: str, *, seed: int = 0, steps: int = 800, batch_size: int = 3
     vision_losses = pretrain_vision(model, proc, seed, vision_steps, progress=progress,
                                     version=2 if v2 else 1) if vision_steps else []
     vision_s = time.time() - t_start
-    losses, done, stopped_early, plan_steps, train_s = _fit(model, proc, tok, draw, ws, rng, steps=steps, batch_size=batch_size, lr=lr,
-                                                            time_budget_s=time_budget_s if v2 else None, progress=progress,
-                                                            hard_budget_s=time_budget_s)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(True)
-    outp.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(outp))
-    tok.save_pretrained(str(outp))
-    log = {"seed": seed, "recipe": recipe, "audio_tokens": audio_tokens, **({"word_p": word_p, "lookup": lookup} if v2 else {}), "steps_planned": plan_steps, "steps_done": done, "batch_size": batch_size, "lr": lr,
-           "train_seconds": round(train_s + vision_s, 1), "vision_seconds": round(vision_s, 1),
+    fit = _fit(model, proc, tok, draw, ws, rng, steps=steps, batch_size=batch_size, lr=lr,
+               time_budget_s=time_budget_s if v2 else None, progress=progress, hard_budget_s=time_budget_s)
+    log = {"seed": seed, "recipe": recipe, "audio_tokens": audio_tokens, **({"word_p": word_p, "lookup": lookup} if v2 else {}),
+           "batch_size": batch_size, "lr": lr, **_fit_log(*fit), "vision_seconds": round(vision_s, 1),
            "vision_steps": vision_steps, "vision_final_loss": float(np.mean(vision_losses[-20:])) if vision_losses else None,
-           "stopped_early_by_time_budget": stopped_early,
-           "n_params": int(n_params), "final_loss_mean_last50": float(np.mean(losses[-50:])),
-           "loss_curve": [round(float(np.mean(losses[i:i + 50])), 4) for i in range(0, len(losses), 50)],
-           "torch": torch.__version__, "threads": torch.get_num_threads()}
-    (outp / "train_log.json").write_text(json.dumps(log, indent=2))
-    return log
+           "n_params": int(n_params)}
+    log["train_seconds"] = round(fit[4] + vision_s, 1)  # both stages
+    return _save(model, tok, outp, log)
 
 
 def _empty_out(out) -> Path:

@@ -204,13 +204,6 @@ def write_regime_card(path, *, n: int = 600, seed: int = 4242, readme=None) -> d
         card["training"] = {k: t[k] for k in ("seed", "recipe", "audio_tokens", "steps_done", "batch_size",
                                                "train_seconds", "n_params", "final_loss_mean_last50", "derived_from",
                                                "finetuned_on", "how") if k in t}
-        if t.get("finetuned_on"):
-            card["training"]["how_short"] = f"{t.get('derived_from')} fine-tuned {t.get('steps_done')} steps on {t['finetuned_on']}"
-        elif t.get("derived_from"):
-            card["training"]["how_short"] = (f"{t.get('audio_tokens')} audio tokens; {t.get('derived_from')} + "
-                                             f"{t.get('steps_done')} steps of its recipe")
-        else:
-            card["training"]["how_short"] = f"{t.get('audio_tokens', 1)} audio token(s); the default"
         if t.get("recipe") == "v2":
             card["pretraining_statistics"] = PRETRAINING_STATISTICS
     card["summary"] = table(card)

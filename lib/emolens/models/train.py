@@ -319,10 +319,10 @@ def derive_variant(base, out, *, audio_tokens: int, steps: int = 300, batch_size
     h = cfg.text_config.hidden_size
     w, b = sd["audio.2.weight"], sd["audio.2.bias"]  # [h * n_base, h], [h * n_base]
     n_base = w.shape[0] // h
-    sd["audio.2.weight"] = w[:h].repeat(int(audio_tokens), 1)
-    sd["audio.2.bias"] = b[:h].repeat(int(audio_tokens))
     if n_base != 1:
         raise ValueError(f"derive_variant expects a base with 1 audio token, {base} has {n_base}")
+    sd["audio.2.weight"] = w[:h].repeat(int(audio_tokens), 1)
+    sd["audio.2.bias"] = b[:h].repeat(int(audio_tokens))
     model.load_state_dict(sd)
     for p in model.vision.parameters():
         p.requires_grad_(False)

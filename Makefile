@@ -3,6 +3,8 @@
 # and on a busy 2-core machine thread spin-waits made notebooks 4-10x slower (measured).
 PY ?= python3
 VENV := .venv
+# Notebooks executed at once by run/notebooks: one per core of the 2-core reference machine.
+JOBS ?= 2
 BIN := $(VENV)/bin
 # CPU wheel by default (on disk here); a GPU user runs `make setup TORCH=torch` or installs a CUDA build first.
 TORCH ?= torch==2.13.0
@@ -30,7 +32,7 @@ $(BIN)/emolens: pyproject.toml $(LOCK)
 setup: $(BIN)/emolens
 
 run: setup
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/emolens notebooks --out $(OUT)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/emolens notebooks --jobs $(JOBS) --out $(OUT)
 
 # CPU and float32 whatever the machine has, so the committed outputs compare on any machine.
 test: setup
@@ -62,7 +64,7 @@ lab: setup
 # Refresh the committed outputs: papermill executes each notebook in place, then cleans it
 # (NB=01 for one notebook). This is the only way committed outputs change; nbval checks them.
 notebooks: setup
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/emolens notebooks --refresh $(if $(NB),--only $(NB))
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/emolens notebooks --jobs $(JOBS) --refresh $(if $(NB),--only $(NB))
 
 # After editing one side of a pair outside JupyterLab: bring the other side up to date.
 notebooks-sync: setup

@@ -111,23 +111,61 @@ def execute(path: Path, out_dir: Path, params: dict, progress: bool = False, kee
             "executed": str(out_dir / path.name), "error": error}
 
 
-def run_collection(out: str = "runs/notebooks", only: Optional[str] = None, params: Optional[dict] = None) -> list:
+def _parallel(fn, jobs: int, arglists: list, desc: str) -> list:
+    """``[fn(*args) for args in arglists]``, with up to ``jobs`` of them at once (in order of ``arglists``).
+
+    Processes, not threads: each papermill run drives its own kernel and asyncio loop; ``spawn`` so no
+    lock held by a thread of this process is copied into a child. Hand-written over ``concurrent.futures``
+    (not joblib/ray) because the children only wait on kernels: no pickled models, no shared memory.
+    """
+    from tqdm.auto import tqdm
+
+    if jobs < 1:
+        raise ValueError(f"--jobs must be a positive integer, got {jobs}")
+    if jobs == 1 or len(arglists) < 2:
+        return [fn(*a) for a in tqdm(arglists, desc=desc)]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    out = [None] * len(arglists)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
+        futs = {ex.submit(fn, *a): i for i, a in enumerate(arglists)}
+        for f in tqdm(as_completed(futs), total=len(futs), desc=desc):
+            out[futs[f]] = f.result()
+    return out
+
+
+def run_collection(out: str = "runs/notebooks", only: Optional[str] = None, params: Optional[dict] = None,
+                   jobs: int = 1) -> list:
     """Execute the collection headless into ``out``: executed notebooks, their HTML exports, ``index.html``.
 
     A failing notebook does not stop the others; the report shows its error and partial output, and
     :class:`NotebooksFailed` is raised at the end so that the command exits non-zero.
+
+    The kernels share one evaluation cache (:mod:`emolens.cache`): ``$EMOLENS_CACHE_DIR`` when set,
+    else ``<out>/cache`` (absolute; the kernels run in notebooks/), set for this run only. ``jobs``
+    notebooks run at once (``make run`` uses 2, one per core of the reference machine, each kernel on
+    one thread); the cache's writes are atomic, so concurrent kernels can share it.
     """
-    from tqdm.auto import tqdm
+    import os
 
     from . import report
 
     outp = Path(out)
     params = {k: _coerce(v) for k, v in (params or {}).items()}
-    records = []
-    for nb in tqdm(notebook_paths(only), desc="notebooks"):
-        declared = declared_parameters(nb)
-        mine = {k: v for k, v in params.items() if k in declared}  # collection-wide -p applies where declared
-        records.append(execute(nb, outp / nb.stem, mine, keep_going=True))
+    set_cache = "EMOLENS_CACHE_DIR" not in os.environ
+    if set_cache:  # papermill's kernels (and spawned workers) inherit this process's environment
+        os.environ["EMOLENS_CACHE_DIR"] = str((outp / "cache").resolve())
+    try:
+        args = []
+        for nb in notebook_paths(only):
+            declared = declared_parameters(nb)
+            mine = {k: v for k, v in params.items() if k in declared}  # collection-wide -p applies where declared
+            args.append((nb, outp / nb.stem, mine, False, True))
+        records = _parallel(execute, jobs, args, "notebooks")
+    finally:
+        if set_cache:
+            os.environ.pop("EMOLENS_CACHE_DIR", None)
     index = report.write_index(outp, records, params=params)
     failed = [r for r in records if r["error"]]
     if failed:
@@ -139,9 +177,10 @@ def run_collection(out: str = "runs/notebooks", only: Optional[str] = None, para
 # ---------------------------------------------------------------------------------------------
 # The committed notebooks: refreshed in place, cleaned, and the checks the tests run on them.
 
-# What a committed .ipynb keeps. Cell metadata: only tags, as notebooks/jupytext.toml pairs them.
+# What a committed .ipynb keeps. Cell metadata: tags, and "jupyter" (source_hidden: an exercise's
+# collapsed solution cell), as notebooks/jupytext.toml pairs them.
 NB_METADATA_KEEP = ("kernelspec", "language_info")
-CELL_METADATA_KEEP = ("tags",)
+CELL_METADATA_KEEP = ("tags", "jupyter")
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 IGNORE_MARK = "NBVAL_IGNORE_OUTPUT"
 
@@ -237,26 +276,29 @@ def pair_problems(ipynb: Path) -> list:
     return problems
 
 
-def refresh(only: Optional[str] = None, progress: bool = False, folder: Path = NOTEBOOKS) -> list:
-    """Execute the committed notebooks in place with their default parameters, then clean them.
-
-    The one way committed outputs change (``emolens notebooks --refresh``, ``make notebooks``); nbval
-    compares later runs against them. Returns ``[(notebook name, seconds), ...]``.
-    """
+def _refresh_one(p: Path, progress: bool = False) -> tuple:
     import nbformat
     import papermill as pm
 
-    done = []
-    for p in notebook_paths(only, folder):
+    t0 = time.time()
+    pm.execute_notebook(str(p), str(p), kernel_name=_kernel_name(), cwd=str(p.parent),
+                        progress_bar=progress, log_output=False)
+    nbformat.write(clean_notebook(nbformat.read(p, as_version=4)), p)
+    return (p.name, round(time.time() - t0, 1))
+
+
+def refresh(only: Optional[str] = None, progress: bool = False, folder: Path = NOTEBOOKS, jobs: int = 1) -> list:
+    """Execute the committed notebooks in place with their default parameters, then clean them.
+
+    The one way committed outputs change (``emolens notebooks --refresh``, ``make notebooks``); nbval
+    compares later runs against them. ``jobs`` notebooks at once. Returns ``[(notebook name, seconds), ...]``.
+    """
+    paths = notebook_paths(only, folder)
+    for p in paths:  # check every pair before executing any
         problems = pair_problems(p)
         if problems:
             raise ValueError(f"{problems[0]}; refresh would overwrite one side")
-        t0 = time.time()
-        pm.execute_notebook(str(p), str(p), kernel_name=_kernel_name(), cwd=str(p.parent),
-                            progress_bar=progress, log_output=False)
-        nbformat.write(clean_notebook(nbformat.read(p, as_version=4)), p)
-        done.append((p.name, round(time.time() - t0, 1)))
-    return done
+    return _parallel(_refresh_one, jobs, [(p, progress) for p in paths], "notebooks")
 
 
 # The sweep moved to emolens.sweep (executors local/submitit/ray); re-exported for older callers.

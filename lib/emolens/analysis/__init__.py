@@ -12,6 +12,7 @@ method decides inside the forward.
   occluded image (Fig. 4).
 * :mod:`.mosear`: MoSEAR's Eqs. (5)-(7) per head, the reallocation residuals of Eqs. (8)-(11), the
   CA-MER subset grid (Tables 7-8).
+* :mod:`.setup`: the set-up cell every walkthrough repeats (seed, model, dataset, task, samples).
 
 Device: everything these helpers return is on the CPU (:func:`to_cpu`, :func:`as_numpy` in
 :mod:`.cpu`, the one conversion helper notebooks use for what they read from a trace themselves).

@@ -116,3 +116,119 @@ def method_attention(lm, samples: Sequence, prompts: Sequence, method=None, laye
         logits, trace = method.forward(lm, batch, samples, extra_ops=ops, keep_captures=False)
     caps = {(n.split(":", 1)[1], l): c for (n, l), c in trace.captures.items() if n.startswith("usage:")}
     return batch, caps, to_cpu(logits, float32=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# the world itself (notebook 00's gallery): what each modality says, shown as small multiples
+
+def prosody_emotion(features, labels: Sequence[str]) -> str:
+    """The emotion the audio alone expresses: the nearest prosody prototype among ``labels``.
+
+    The world's audio is ``A = mu[z_a] + sigma(eps) n`` (``emolens.world.prosody``, WETR Eq. 1 extended
+    to audio), so the nearest prototype is the Bayes decision for equal priors. ``features``: ``[8]``
+    prosody vector (:data:`emolens.world.prosody.FEATURES`); ``labels``: the candidate emotions.
+    """
+    from ..world.prosody import FEATURES, PROTOTYPES
+
+    x = np.asarray(features, dtype=np.float64).ravel()
+    if x.shape != (len(FEATURES),):
+        raise ValueError(f"prosody_emotion needs the {len(FEATURES)} prosody features {FEATURES}, got shape "
+                         f"{np.asarray(features).shape}; pass a world sample's .audio (audio_kind 'features')")
+    unknown = [l for l in labels if l not in PROTOTYPES]
+    if not labels or unknown:
+        raise ValueError(f"prosody_emotion: labels {unknown or list(labels)} have no prosody prototype; pass "
+                         f"emotions of the world ({sorted(PROTOTYPES)})")
+    d = [float(((x - PROTOTYPES[l]) ** 2).sum()) for l in labels]
+    return list(labels)[int(np.argmin(d))]
+
+
+def _marked_subtitle(sample, wrap: int) -> str:
+    import textwrap
+
+    cue = set(sample.subtitle_cue_words or [])
+    words = [f"[{w}]" if i in cue else w for i, w in enumerate(sample.subtitle.split())]
+    return textwrap.fill(" ".join(words), wrap) if words else "(no subtitle)"
+
+
+def world_gallery(samples: Sequence, titles: Sequence[str], labels: Sequence[str], *, frame: int = 0,
+                  wrap: int = 24, captions: Optional[Sequence[str]] = None, suptitle: str = ""):
+    """Small multiples of world samples, one column each: the frame with the speaker's face (the
+    ground-truth cue pixels) outlined, the subtitle under it (cue words in brackets), and below the
+    prosody vector as bars with the emotion it decodes to (:func:`prosody_emotion`).
+
+    One shared x scale for every prosody panel (a bar has the same length in every column); feature
+    names label the first column only; the figure height follows the longest subtitle, so no label
+    overlaps another (tests/test_analysis_usage.py measures it). ``captions``: an extra title line per
+    column (e.g. what each modality expresses). Returns the matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    from ..world.prosody import FEATURES
+
+    if len(samples) != len(titles) or not len(samples):
+        raise ValueError(f"world_gallery needs one title per sample, got {len(samples)} samples and {len(titles)} titles")
+    if captions is not None and len(captions) != len(samples):
+        raise ValueError(f"world_gallery: {len(captions)} captions for {len(samples)} samples; pass one per sample")
+    audio = [s.audio if s.audio_kind == "features" else None for s in samples]
+    has_audio = any(a is not None for a in audio)
+    subs = [_marked_subtitle(s, wrap) for s in samples]
+    n_lines = max(t.count("\n") + 1 for t in subs)
+    n, rows = len(samples), 2 if has_audio else 1
+    fig, axes = plt.subplots(rows, n, figsize=(2.3 * n + 0.9, 2.6 + 0.17 * n_lines + (2.3 if has_audio else 0.0)),
+                             squeeze=False, layout="constrained",
+                             gridspec_kw={"height_ratios": [2.6 + 0.17 * n_lines, 2.0][:rows]})
+    lim = max([float(np.abs(a).max()) for a in audio if a is not None] or [1.0]) * 1.1
+    for j, (s, title) in enumerate(zip(samples, titles)):
+        ax = axes[0, j]
+        ax.imshow(s.frames[frame], interpolation="nearest")
+        if s.cue_mask is not None and s.cue_mask[frame].any():
+            ys, xs = np.nonzero(s.cue_mask[frame])
+            ax.add_patch(plt.Rectangle((xs.min() - 0.5, ys.min() - 0.5), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1,
+                                       fill=False, ec="cyan", lw=1.2, ls="--"))
+        ax.set_xticks([])
+        ax.set_yticks([])
+        head = f"{title}\nlabel: {s.label}" + (f"\n{captions[j]}" if captions is not None else "")
+        ax.set_title(head, fontsize=8)
+        ax.set_xlabel(subs[j], fontsize=7)
+        if not has_audio:
+            continue
+        ax = axes[1, j]
+        if audio[j] is None:
+            ax.set_axis_off()
+            ax.set_title("no audio", fontsize=8)
+            continue
+        a = np.asarray(audio[j], float)
+        ax.barh(np.arange(len(FEATURES)), a, color=np.where(a >= 0, "tab:red", "tab:blue"))
+        ax.set_xlim(-lim, lim)
+        ax.axvline(0, color="0.3", lw=0.8)
+        ax.set_yticks(np.arange(len(FEATURES)), FEATURES if j == 0 else [""] * len(FEATURES), fontsize=7)
+        ax.invert_yaxis()
+        ax.tick_params(axis="x", labelsize=7)
+        ax.set_xlabel("prosody (std units)", fontsize=7)
+        ax.set_title(f"audio says: {prosody_emotion(a, labels)}", fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    return fig
+
+
+def overlapping_texts(fig) -> list:
+    """Pairs ``(text_a, text_b)`` of visible, non-empty labels of ``fig`` (titles, axis and tick labels,
+    legends, suptitle) whose drawn boxes overlap, measured on the rendered figure; ``[]``: none collide.
+    The notebooks assert it on their galleries and comparison figures."""
+    from matplotlib.text import Text
+
+    fig.canvas.draw()  # extents are only known after a draw
+    r = fig.canvas.get_renderer()
+    hidden = set()  # texts that exist but are not drawn: tick labels outside the view, hidden axes (twins)
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            if not (ax.get_visible() and axis.get_visible()):
+                hidden.update(id(t) for t in [*axis.get_ticklabels(), axis.label, axis.get_offset_text()])
+        for locs, labels, lim in ((ax.get_xticks(), ax.get_xticklabels(), ax.get_xlim()),
+                                  (ax.get_yticks(), ax.get_yticklabels(), ax.get_ylim())):
+            lo, hi = min(lim), max(lim)
+            tol = 1e-9 * max(1.0, abs(hi - lo))
+            hidden.update(id(t) for x, t in zip(locs, labels) if not lo - tol <= x <= hi + tol)
+    boxes = [(t.get_text(), t.get_window_extent(r)) for t in fig.findobj(Text)
+             if t.get_visible() and t.get_text().strip() and t.figure is not None and id(t) not in hidden]
+    return [(ta, tb) for i, (ta, a) in enumerate(boxes) for tb, b in boxes[i + 1:] if a.overlaps(b)]

@@ -350,3 +350,291 @@ def emass_batch(caps: dict, layer: int, layouts) -> list:
 __all__ = ["token_table", "layout_runs", "capture_rows", "capture_qk", "nts_scores", "nts_keep", "alpha_matrix", "layer_output", "gold_prob",
            "removal_keep", "forward_removed", "deletion_test", "gamma_group", "contribution_shift",
            "evidence_set", "emass_batch"]
+
+
+# =========================================================================== notebooks 01 / 02: scoring against the ground truth
+# (added for issue 14: WETR Table 2 / Fig. 7 selection precision and STR's gamma scored against the
+# world's cue words, with intervals; the "What we found" verdict word; the exercises' check)
+def verdict(lo: float, hi: float, direction: int = +1) -> str:
+    """A claim's word from the 95 % interval of its statistic (the rule of ``benchmarks/verdicts.py``):
+    ``"HELD"`` when [lo, hi] excludes 0 in the claimed ``direction`` (+1: the statistic should be > 0),
+    ``"FAILED"`` when it excludes 0 the other way, ``"UNRESOLVED"`` when it contains 0 or is undefined."""
+    if direction not in (+1, -1):
+        raise ValueError(f"direction must be +1 or -1, got {direction!r}")
+    lo, hi = float(lo), float(hi)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "UNRESOLVED"
+    a, b = sorted((direction * lo, direction * hi))
+    return "HELD" if a > 0 else "FAILED" if b < 0 else "UNRESOLVED"
+
+
+def combine_verdicts(words: Sequence[str]) -> str:
+    """A claim made of several comparisons: HELD iff every one held, FAILED if any failed, else UNRESOLVED."""
+    words = list(words)
+    if words and all(w == "HELD" for w in words):
+        return "HELD"
+    return "FAILED" if "FAILED" in words else "UNRESOLVED"
+
+
+def _first_trigger(pred: dict) -> dict:
+    recs = (pred.get("extra") or {}).get("nts")
+    if not recs:
+        raise ValueError("a prediction holds no NTS record (extra['nts']); score the result of a token-selecting "
+                         "method (nts, its baselines, str or wetr), not zero-shot")
+    return recs[0]
+
+
+def _check_aligned(result: dict, layouts) -> list:
+    preds = result["predictions"]
+    if len(preds) != len(layouts):
+        raise ValueError(f"{len(preds)} predictions but {len(layouts)} layouts; encode the same samples the result "
+                         "scored (lm.encode(samples[:n], method.prompts(samples[:n], task)).layouts)")
+    for lay in layouts:
+        if lay.cue_visual is None or lay.cue_content is None:
+            raise ValueError("a layout has no ground truth (cue_visual / cue_content); scoring needs a world dataset")
+    return preds
+
+
+def selection_table(result: dict, layouts):
+    """Per sample, what a selecting method kept at its first trigger (the one that drops tokens) against
+    the world's ground truth (WETR Table 2 / Fig. 7 precision and recall, with counts so intervals can be
+    bootstrapped over samples with :func:`share_ci`).
+
+    Args:
+        result: an ``evaluate`` / ``cached_evaluate`` result of nts / random-select / query-select /
+            qpos-select / str / wetr (its predictions' ``extra["nts"][0]["kept_visual"|"kept_content"]``).
+        layouts: the samples' :class:`~emolens.layout.TokenLayout` in the same order (ground truth
+            ``cue_visual``, ``cue_content``; encoding is enough, no forward).
+    Returns:
+        DataFrame, one row per sample: ``n_visual``, ``cue_visual`` (cue tokens), ``kept_visual``,
+        ``hit_visual`` (kept cue tokens), and the same four for ``content`` (subtitle words).
+    """
+    import pandas as pd
+
+    rows = []
+    for p, lay in zip(_check_aligned(result, layouts), layouts):
+        rec = _first_trigger(p)
+        row = {"uid": p.get("uid")}
+        for g in ("visual", "content"):
+            cue = np.asarray(getattr(lay, f"cue_{g}"), bool)
+            kept = np.asarray(rec[f"kept_{g}"], dtype=np.int64)
+            row |= {f"n_{g}": cue.size, f"cue_{g}": int(cue.sum()), f"kept_{g}": int(kept.size),
+                    f"hit_{g}": int(cue[kept].sum()) if kept.size else 0}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def gamma_cue_table(result: dict, layouts):
+    """STR's gamma on every retained (kept) visual / content token at the first trigger, with the world's
+    ground truth: is the token a cue (a face patch / the subtitle's emotion word)?
+
+    Args:
+        result: an ``evaluate`` result of ``str`` or ``wetr`` (``extra["nts"][0]["str"]`` holds
+            ``gamma_visual`` / ``gamma_content`` in the order of ``kept_visual`` / ``kept_content``).
+        layouts: the samples' layouts, same order.
+    Returns:
+        DataFrame, one row per retained token: ``sample`` (row index), ``modality``, ``index`` (into the
+        layout's group), ``gamma``, ``anchor``, ``cue`` (bool), ``weighting`` (DW / NEU / UW, :func:`gamma_group`).
+    """
+    import pandas as pd
+
+    rows = []
+    for i, (p, lay) in enumerate(zip(_check_aligned(result, layouts), layouts)):
+        rec = _first_trigger(p)
+        st = rec.get("str")
+        if st is None:
+            raise ValueError("the result holds no STR record (extra['nts'][0]['str']); score a str / wetr run with use_str")
+        for g in ("visual", "content"):
+            kept, gam, anc = rec[f"kept_{g}"], st[f"gamma_{g}"], st[f"anchor_{g}"]
+            if len(kept) != len(gam):
+                raise ValueError(f"sample {i}: {len(kept)} kept {g} tokens but {len(gam)} gammas")
+            cue = np.asarray(getattr(lay, f"cue_{g}"), bool)
+            rows += [{"sample": i, "modality": g, "index": int(k), "gamma": float(x), "anchor": bool(a),
+                      "cue": bool(cue[k])} for k, x, a in zip(kept, gam, anc)]
+    df = pd.DataFrame(rows, columns=["sample", "modality", "index", "gamma", "anchor", "cue"])
+    df["weighting"] = gamma_group(df["gamma"].to_numpy(dtype=float)) if len(df) else []
+    return df
+
+
+def share_ci(num, den, num_ref=None, den_ref=None, *, n_boot: int = 1000, seed: int = 0,
+             alpha: float = 0.05) -> tuple:
+    """A pooled share sum(num) / sum(den) over samples (e.g. kept cue tokens / kept tokens) with its
+    percentile bootstrap interval, resampling *samples* (``metrics.bootstrap_stat``: tokens of one sample
+    stay together). With ``num_ref`` / ``den_ref`` (the same samples) it is the paired difference
+    share - share_ref (e.g. minus the chance share of cue tokens). Resamples whose denominator is 0 are
+    left out. Returns ``(value, lo, hi)``; NaN value when the full denominator is 0."""
+    from ..metrics import bootstrap_stat
+
+    n, d = np.asarray(num, np.float64), np.asarray(den, np.float64)
+    if n.shape != d.shape or n.ndim != 1 or n.size == 0:
+        raise ValueError(f"num and den must be equal-length 1-d per-sample counts, got {n.shape} and {d.shape}")
+    ref = num_ref is not None or den_ref is not None
+    if ref:
+        nr, dr = np.asarray(num_ref, np.float64), np.asarray(den_ref, np.float64)
+        if nr.shape != n.shape or dr.shape != n.shape:
+            raise ValueError("num_ref / den_ref must have one count per sample, like num / den")
+
+    def stat(idx):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            v = n[idx].sum() / d[idx].sum() if d[idx].sum() > 0 else np.nan
+            if ref:
+                v = v - (nr[idx].sum() / dr[idx].sum() if dr[idx].sum() > 0 else np.nan)
+        return v
+
+    return bootstrap_stat(stat, n.size, n=n_boot, seed=seed, alpha=alpha)
+
+
+def check_exercise(attempt, solution, reference, *, what: str, rtol: float = 1e-7, atol: float = 1e-9) -> str:
+    """The check cell of a walkthrough exercise: compare the reader's ``attempt`` (None while the stub is
+    left empty) -- else the collapsed ``solution`` -- with the library's ``reference`` (``np.allclose``).
+
+    Raises an AssertionError naming the largest difference when they disagree; returns the line to print,
+    saying which implementation was checked (so a headless run with the empty stub passes and says so)."""
+    who = "your implementation" if attempt is not None else "the solution (your stub returned None)"
+    got = solution if attempt is None else attempt
+    got = np.asarray(got.detach().cpu().numpy() if isinstance(got, torch.Tensor) else got, dtype=np.float64)
+    ref = np.asarray(reference.detach().cpu().numpy() if isinstance(reference, torch.Tensor) else reference,
+                     dtype=np.float64)
+    if got.shape != ref.shape:
+        raise AssertionError(f"{what}: {who} returned shape {got.shape}, the library {ref.shape}")
+    if not np.allclose(got, ref, rtol=rtol, atol=atol):
+        raise AssertionError(f"{what}: {who} differs from the library by up to {np.nanmax(np.abs(got - ref)):.3g}")
+    return f"{what}: {who} equals the library's result on {ref.size} values"
+
+
+__all__ += ["verdict", "combine_verdicts", "selection_table", "gamma_cue_table", "share_ci", "check_exercise"]
+
+
+# =========================================================================== notebook 03: EMass and the masking tautology
+# (added for issue 14: WETR Fig. 6's EMass read honestly. A run that masks tokens measures attention over
+# what the mask left, so EMass(WETR) mixes two things: which tokens were removed, and how the surviving
+# tokens share the attention. The decomposition below separates them on the same samples.)
+def attention_and_mask(lm, batch, samples, method=None, *, layer: int = -1,
+                       rows: Sequence[str] = ("q_pos", "q_neg", "answer")):
+    """Span-mean attention of each row group in ``rows`` at ``layer`` while ``method`` acts, and the
+    selection factor m_i in force there.
+
+    ``a[row][b, j]`` is WETR Eq. 4's ``a_{I->j}``: the attention from the span's rows to key j, averaged
+    over heads and rows (``Capture(reduce="mean")``); masked keys and padding get 0.
+
+    Args:
+        batch: an encoded batch (``lm.encode(samples, prompts)``) whose prompts hold the spans in ``rows``.
+        method: None (the frozen model) or an NTS-family method (nts, str, wetr, selection baselines).
+        layer: the decoder layer read (negative counts from the end). With a method it must come after the
+            method's last trigger layer, where m_i is final.
+    Returns:
+        ``(a, admitted, logits)``: ``a`` row name -> ``[B, L]`` float64 numpy; ``admitted`` ``[B, L]`` bool
+        (m_i; all True for the frozen model and for a method that drops nothing); ``logits`` ``[B, V]``
+        float32 on the CPU.
+    """
+    from ..intervene import Capture
+
+    n = lm.num_layers
+    if not -n <= int(layer) < n:
+        raise ValueError(f"layer = {layer} is out of range for a {n}-layer model; use 0..{n - 1} or -1 for the last")
+    layer = int(layer) % n
+    B, L = len(batch.layouts), batch.layouts[0].seq_len
+    ops = [Capture(layers=[layer], rows=r, name=f"readout:{r}", reduce="mean", offload="cpu") for r in rows]
+    if method is None:
+        with intervene(lm.model, batch.layouts, Plan(ops)) as trace:
+            logits = answer_logits(lm.model, batch)
+        admitted = np.ones((B, L), dtype=bool)
+    else:
+        if not hasattr(method, "forward") or not hasattr(method, "trigger_layers"):
+            raise ValueError(f"method {getattr(method, 'name', method)!r} has no single-forward plan; use nts, str, "
+                             "wetr or a selection baseline")
+        last = max(method.trigger_layers(n))
+        if layer <= last:
+            raise ValueError(f"layer {layer} is not after {method.name}'s last trigger layer {last}: its mask is not "
+                             f"final there; read a layer in {last + 1}..{n - 1} (-1 = the last)")
+        logits, trace = method.forward(lm, batch, samples, extra_ops=ops, keep_captures=False)
+        admitted = np.asarray(trace.decisions.get("admitted", np.ones((B, L), dtype=bool)), dtype=bool)
+    a = {r: to_cpu(trace.captures[(f"readout:{r}", layer)].probs).double().numpy() for r in rows}
+    return a, admitted, to_cpu(logits, float32=True)
+
+
+def _share(row: np.ndarray, on: np.ndarray) -> float:
+    tot = row.sum()
+    return float(row[on].sum() / tot) if tot > 0 else float("nan")
+
+
+def emass_parts(base: dict, run: dict, admitted, evidence) -> dict:
+    """One sample's EMass three ways (WETR Fig. 6; :func:`emolens.metrics.emass`, ratio form), on the
+    world's ground-truth evidence set K (``evidence``: bool ``[L]`` or positions):
+
+    * ``emass_base``: the frozen model, every key;
+    * ``emass_method``: the method's run, i.e. over the keys its mask left (what the paper's readout gives);
+    * ``emass_base_kept``: the *frozen* attention restricted to the keys the method admitted and
+      renormalised -- what removing the tokens does by itself, with no re-allocation.
+
+    So ``emass_method - emass_base = (emass_base_kept - emass_base)`` [the mask alone: the tautology]
+    ``+ (emass_method - emass_base_kept)`` [how the surviving tokens share attention under the method].
+    Every EMass is NaN when K gets no attention (e.g. the mask removed all of K).
+
+    Args:
+        base, run: row name -> ``[L]`` span-mean attention (``q_pos``, ``q_neg``; optional ``answer``) of
+            the frozen model and of the method (:func:`attention_and_mask`, one sample).
+        admitted: ``[L]`` bool, m_i of the method's run.
+    Returns:
+        the three EMass values, ``k_size`` (|K|), ``k_kept`` (|K and admitted|) and, when ``answer`` rows
+        are given, the answer row's share of attention on K three ways (``answer_k_base``,
+        ``answer_k_method``, ``answer_k_base_kept``).
+    """
+    from ..metrics import emass
+
+    m = np.asarray(admitted, dtype=bool).reshape(-1)
+    L = m.size
+    k = np.asarray(evidence)
+    on = k.astype(bool) if k.dtype == bool else np.isin(np.arange(L), k.astype(np.int64))
+    if on.size != L:
+        raise ValueError(f"evidence has {on.size} entries but admitted has {L}; pass one row of the same batch")
+    for name, d in (("base", base), ("run", run)):
+        for r in ("q_pos", "q_neg"):
+            if r not in d or np.asarray(d[r]).shape != (L,):
+                raise ValueError(f"{name}[{r!r}] must be a [{L}] attention row (attention_and_mask(..., rows=("
+                                 "'q_pos', 'q_neg', ...)) of the same sample)")
+    bp, bn = (np.asarray(base[r], np.float64) for r in ("q_pos", "q_neg"))
+    out = {"emass_base": float(emass(bp, bn, on)),
+           "emass_method": float(emass(np.asarray(run["q_pos"], np.float64), np.asarray(run["q_neg"], np.float64), on)),
+           "emass_base_kept": float(emass(bp * m, bn * m, on)),
+           "k_size": int(on.sum()), "k_kept": int((on & m).sum())}
+    if "answer" in base and "answer" in run:
+        ba = np.asarray(base["answer"], np.float64)
+        out |= {"answer_k_base": _share(ba, on), "answer_k_method": _share(np.asarray(run["answer"], np.float64), on),
+                "answer_k_base_kept": _share(ba * m, on)}
+    return out
+
+
+def emass_decomposition(lm, samples: Sequence, task, method, *, layer: int = -1, batch_size: int = 32):
+    """WETR Fig. 6's EMass of the frozen model and of ``method`` on the same samples, with the part the
+    method's mask explains by itself (:func:`emass_parts`), at ``layer`` (after the last trigger).
+
+    Both forwards use the method's own prompt (WETR's Q_pos / Q_neg spans: EMass needs them, so the frozen
+    model is read with that prompt too, not the plain zero-shot query), so the layouts and K are identical.
+
+    Returns:
+        DataFrame, one row per sample: ``uid``, the columns of :func:`emass_parts`, ``kept_visual``
+        (admitted visual tokens), ``hit_visual`` (admitted ground-truth cue tokens), ``cue_visual``,
+        ``n_visual`` (so precision against chance is ``hit / kept`` vs ``cue / n``).
+    """
+    import pandas as pd
+
+    prompts = method.prompts(samples, task)
+    recs = []
+    for i in range(0, len(samples), batch_size):
+        s, p = samples[i:i + batch_size], prompts[i:i + batch_size]
+        batch = lm.encode(s, p)
+        base, _, _ = attention_and_mask(lm, batch, s, None, layer=layer)
+        run, adm, _ = attention_and_mask(lm, batch, s, method, layer=layer)
+        for b, lay in enumerate(batch.layouts):
+            parts = emass_parts({r: v[b] for r, v in base.items()}, {r: v[b] for r, v in run.items()}, adm[b],
+                                evidence_set(lay))
+            cue = np.asarray(lay.cue_visual, bool)
+            kept = adm[b, lay.visual]
+            recs.append({"uid": getattr(s[b], "uid", i + b), **parts, "kept_visual": int(kept.sum()),
+                         "hit_visual": int((kept & cue).sum()), "cue_visual": int(cue.sum()),
+                         "n_visual": int(cue.size)})
+    return pd.DataFrame(recs)
+
+
+__all__ += ["attention_and_mask", "emass_parts", "emass_decomposition"]

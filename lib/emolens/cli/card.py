@@ -7,13 +7,13 @@ from __future__ import annotations
 
 def register(sub) -> None:
     t = sub.add_parser("card", help="measure a model's regime: calibration, premises, token counts (zero-shot only)")
-    t.add_argument("--model", default="emolens-tiny", help="a model name (emolens-tiny, emolens-tiny-v2, emolens-tiny-v2-audio4, ...) or folder")
+    t.add_argument("--model", default="emolens-tiny", help="a model name (emolens-tiny, emolens-tiny-audio4, emolens-tiny-ft, ...) or folder")
     t.add_argument("--seed", type=int, default=4242, help="world seed offset of the measured samples")
     t.add_argument("--n", type=int, default=600, help="samples per cell")
     t.add_argument("--split", default="test", choices=("validation", "test"),
                    help="test (the card); validation (calibration only)")
     t.add_argument("--prefix", default=None,
-                   help="dataset prefix of the three views (default: world-v2- for a recipe-v2 checkpoint, else world-)")
+                   help="dataset prefix of the three views (default world-: world-mer, world-emoset, world-camer)")
     t.add_argument("--json", default=None, help="write the card to this JSON file")
     t.add_argument("--write", action="store_true",
                    help="shipped/local emolens-tiny only: also store the card as the checkpoint's model_card.json")

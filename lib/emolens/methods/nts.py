@@ -37,7 +37,7 @@ Choices the paper leaves open (each one is a documented default; most are parame
   is a real term. ``cross_modal=False`` drops both.
 * **TopP rounding** (Eq. 6): keep ``max(1, ceil(p * n))`` tokens of a modality with n tokens
   (``ceil(p*n - 1e-9)``: the epsilon stops float artefacts such as 0.07 * 100 = 7.000000000000001
-  from adding a token). With the paper's p_v = 0.03 and 32 visual tokens this keeps **1** visual
+  from adding a token). With the paper's p_v = 0.03 and 32 visual tokens (world v1) this keeps **1** visual
   token (the faithful consequence of the paper's ratio on a small image; we report it rather than
   change the default). Ties break by position (earlier token first). A modality with no tokens
   keeps none.
@@ -217,7 +217,7 @@ def keep_count(n: int, p: float, n_ref: Optional[int] = None) -> int:
 def top_p(scores, p: float, n_ref: Optional[int] = None) -> np.ndarray:
     """TopP(scores, p) of WETR Eq. (6): indices (ascending) of the :func:`keep_count` highest scores.
 
-    Rounding: ``max(1, ceil(p * n))`` (so p_v = 0.03 of 32 visual tokens keeps 1). Ties: the
+    Rounding: ``max(1, ceil(p * n))`` (so p_v = 0.03 of 32 visual tokens keeps 1, of the default world's 128 keeps 4). Ties: the
     earlier index wins (stable sort). ``p`` must be in (0, 1].
     """
     _check_p(p)

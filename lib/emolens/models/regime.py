@@ -21,8 +21,8 @@ Token counts
     ``visual_tokens_per_clip`` (world-mer) and ``cue_token_fraction``: the mean fraction of a clip's visual
     tokens that hold a pixel of the true face (the world's ground truth).
 
-Datasets: ``world-v2-*`` (EmoWorld version 2 with its calibrated nuisance) for a checkpoint trained by the
-v2 recipe, ``world-*`` otherwise; ``prefix=`` measures other manifests named ``{prefix}mer`` etc.
+Datasets: world-mer, world-emoset and world-camer (EmoWorld version 2 with its default nuisance);
+``prefix=`` measures other manifests named ``{prefix}mer`` etc.
 """
 from __future__ import annotations
 
@@ -37,12 +37,8 @@ MODALITIES = ("visual", "audio", "text")
 
 
 def world_prefix(lm) -> str:
-    """``"world-v2-"`` for a model trained by the v2 recipe (its ``train_log.json`` says ``"recipe": "v2"``),
-    else ``"world-"``."""
-    path = (lm.info or {}).get("path")
-    log = Path(path) / "train_log.json" if path else None
-    if log is not None and log.is_file() and json.loads(log.read_text()).get("recipe") == "v2":
-        return "world-v2-"
+    """The manifests' prefix: ``"world-"`` (world-mer, world-emoset, world-camer: EmoWorld version 2 since
+    issue 12; version 1 stays available as ``EmoWorld(version=1)``)."""
     return "world-"
 
 
@@ -225,8 +221,8 @@ def shipped_variants() -> dict:
     return out
 
 
-README_START, README_END = "<!-- card-v2:start -->", "<!-- card-v2:end -->"  # the README section of emolens-tiny-v2
-VARIANTS = ("emolens-tiny-v2-audio4", "emolens-tiny-v2-audio16", "emolens-tiny-v2-audio64", "emolens-tiny-v2-ft")
+README_START, README_END = "<!-- card:start -->", "<!-- card:end -->"
+VARIANTS = ("emolens-tiny-audio4", "emolens-tiny-audio16", "emolens-tiny-audio64", "emolens-tiny-ft")
 
 
 def _stats_md(stats: dict) -> list:
@@ -251,7 +247,7 @@ def markdown(card: dict, variants: Optional[dict] = None) -> str:
     w, m = pr["wetr_nuisance_mass"], pr["mosear_mid_layer_per_token"]
     out = [f"Measured by `emolens card --model {card['model']} --seed {card['seed']} --n {card['n_per_cell']}` "
            f"({card['split']} split, n = {card['n_per_cell']} per cell, zero-shot, no method); stored in "
-           f"`lib/emolens/checkpoints/{card['model']}/model_card.json`. Criteria preregistered in "
+           f"`lib/emolens/checkpoints/emolens-tiny/model_card.json`. Criteria preregistered in "
            f"`benchmarks/preregistration.yaml`, calibration history in `benchmarks/calibration_log.md`.", "",
            "| calibration (zero-shot WAR) | measured | criterion | met |", "|---|---:|---|:---:|",
            f"| world-mer | {cal['world-mer']['war']:.3f} | [0.55, 0.72] | {ok(crit['world-mer WAR in [0.55, 0.72]'])} |",
@@ -286,14 +282,13 @@ def markdown(card: dict, variants: Optional[dict] = None) -> str:
         out += ["", "| variant (`load_model(name)`) | audio tokens | how it was made | steps | final loss |",
                 "|---|---:|---|---:|---:|"]
         for name, log in variants.items():
-            base = log.get("derived_from", "the base")
-            how = (f"{base} fine-tuned on {log['finetuned_on']} with the benchmark query (supervised upper bound)"
+            how = (f"emolens-tiny fine-tuned on {log['finetuned_on']} with the benchmark query (supervised upper bound)"
                    if log.get("finetuned_on") else
-                   f"{base}'s weights, the audio projection tiled over {log.get('audio_tokens')} tokens, then its recipe continued")
+                   f"emolens-tiny's weights, the audio projection tiled over {log.get('audio_tokens')} tokens, then its recipe continued")
             out.append(f"| `{name}` | {log.get('audio_tokens')} | {how} | {log.get('steps_done')} | "
                        f"{log.get('final_loss_mean_last50', float('nan')):.3f} |")
-        out.append("(`emolens train-tiny --from emolens-tiny-v2 --audio-tokens N` / `--finetune world-v2-mer`; 10 steps each "
-                   "in this round's CPU budget, so they are short adaptations of the base, not full retrainings)")
+        out.append("(`emolens train-tiny --from emolens-tiny --audio-tokens N` / `--finetune world-mer`; the variants are "
+                   "measured where they are used: notebook 05's token-imbalance study, notebook 06's upper bound)")
     return "\n".join(out)
 
 

@@ -13,7 +13,9 @@ EXTRAS ?= notebooks,dev,lab,cluster
 LOCK := requirements.lock
 OUT ?= runs/notebooks
 LATEST := .venv-latest
-PYTEST_ARGS := -q -m "not browser" --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg tests notebooks
+# -n $(JOBS) --dist loadfile: pytest-xdist workers, one per core; loadfile keeps each notebook (its cells run in
+# one kernel, in order) and each test module on one worker.
+PYTEST_ARGS := -q -n $(JOBS) --dist loadfile -m "not browser" --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg tests notebooks
 # JupyterLab on notebooks/ (LAB_DIR) with the venv's python3 kernel; server options: LAB_ARGS="--port=8899 ...".
 LAB_DIR ?= notebooks
 LAB_ARGS ?=

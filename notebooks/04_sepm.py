@@ -190,7 +190,7 @@ def solution_confidence(z: torch.Tensor, ids_a: list, ids_b: list) -> torch.Tens
 C_yours = my_confidence(z, ids["A"], ids["B"])
 C_solution = solution_confidence(z, ids["A"], ids["B"])
 print(check_exercise(C_yours, C_solution, s1.confidence, what="C (Eq. 3-4)"))
-C = C_solution.numpy()                                    # [N] float64
+C = C_solution.cpu().numpy()                              # [N] float64
 p_A, p_B = s1.p_a, s1.p_b
 gold = [x.label for x in samples[:n_samples]]
 gold_val = np.array([valence.get(g) for g in gold])
@@ -726,7 +726,7 @@ display(Markdown(findings))
 
 # %% tags=[]
 assert np.allclose(C, s1.confidence, atol=1e-9), "C is not Eq. 4 of the vocabulary softmax"
-assert np.allclose(solution_confidence(z, ids["A"], ids["B"]).numpy(), s1.confidence, atol=1e-9)
+assert np.allclose(solution_confidence(z, ids["A"], ids["B"]).cpu().numpy(), s1.confidence, atol=1e-9)
 assert np.all(C >= 0) and np.all(C <= 0.25 + 1e-12) and np.all(p_A + p_B <= 1 + 1e-9)
 assert s1.branch == [c if Ci > alpha else "ambiguous" for c, Ci in zip(s1.coarse, s1.confidence)]
 preds = res_sepm["predictions"]

@@ -189,13 +189,23 @@ def test_removal_of_nothing_is_the_frozen_model_and_deletion_sizes_match(env):
 
 
 def test_contribution_shift_rows_are_the_retained_candidates(env):
+    import pandas as pd
+
     from emolens.methods import get_method
 
     lm, samples, task = env
     s = samples[:2]
-    df = wetr.contribution_shift(lm, s, task, get_method("nts"), get_method("str", delta=0.0))
-    # one row per retained visual / content token: ceil(0.03 * 32) + ceil(0.2 * n_con) per sample
-    assert (df.groupby("sample")["group"].apply(lambda g: (g == "visual").sum()) == 1).all()
+    after = get_method("str", delta=0.0)
+    df = wetr.contribution_shift(lm, s, task, get_method("nts"), after)
+    # one row per retained visual / content token: ceil(0.03 * n_vis) + ceil(0.2 * n_con) per sample
+    # (n_vis = 128 on the default model: 4 visual rows)
+    from emolens.methods.nts import keep_count
+
+    lays = lm.encode(s, after.prompts(s, task)).layouts
+    counts = pd.crosstab(df["sample"], df["group"])
+    assert counts.index.tolist() == list(range(len(s)))
+    assert counts["visual"].tolist() == [keep_count(lay.visual.size, 0.03) for lay in lays] == [4] * len(s)
+    assert counts["content"].tolist() == [keep_count(lay.content.size, 0.2) for lay in lays]
     np.testing.assert_allclose(df["gamma"], 1.0)                  # delta = 0: gamma = 1 ...
     np.testing.assert_allclose(df["contrib_before"], df["contrib_after"], atol=1e-5)  # ... and nothing shifts
     assert set(df["weighting"]) == {"NEU"}

@@ -200,8 +200,8 @@ def test_nts_keeps_ceil_p_n_and_every_instruction_and_audio_token(lm, data, p_v,
         before = trace.get("ans", l).probs[b, :, 0]
         assert (after[:, torch.from_numpy(dropped)] == 0).all()
         assert (before[:, torch.from_numpy(dropped)] > 0).any()    # layer l itself is untouched
-    if p_v == 0.03:
-        assert all(adm[b, lay.visual].sum() == 1 for b, lay in enumerate(batch.layouts))  # the paper's p_v: 1 token
+    if p_v == 0.03:  # the paper's p_v on the default model's 128 visual tokens: ceil(3.84) = 4 (a floor would give 3)
+        assert all(lay.visual.size == 128 and adm[b, lay.visual].sum() == 4 for b, lay in enumerate(batch.layouts))
     preds = m.predict(lm, samples, task)
     for b, (p, lay) in enumerate(zip(preds, batch.layouts)):
         assert p.selected_visual == adm[b, lay.visual].tolist()
@@ -275,10 +275,12 @@ def test_selection_precision_recall_against_ground_truth(lm):
     """evaluate's selection precision / recall equal sklearn's precision_score / recall_score of the
     kept visual tokens, read from an independent forward's mask (``trace.decisions["admitted"]``, not
     the predictions evaluate averages), against the world's ground-truth cue tokens; and they tell
-    NTS's selection from its complement (a wrong selection scores differently)."""
+    NTS's selection from its complement (a wrong selection scores differently). The world is version 2
+    (the default model's world-mer: 64-px frames, 2 x 8 x 8 = 128 visual tokens), whose cue mask is at
+    the model's resolution."""
     from sklearn.metrics import precision_score, recall_score
 
-    w = EmoWorld("mer", eps=0.0)
+    w = EmoWorld("mer", eps=0.0, version=2)
 
     class Listed(list):
         name, labels, valence_groups, modalities = "world-mer", w.labels, w.valence_groups, ("visual", "audio", "text")
@@ -293,6 +295,7 @@ def test_selection_precision_recall_against_ground_truth(lm):
     for b, lay in enumerate(batch.layouts):
         truth = np.asarray(lay.cue_visual, bool).astype(int)
         kept = adm[b, lay.visual].astype(int)
+        assert truth.size == lay.visual.size == 128
         assert 0 < truth.sum() < truth.size and kept.sum() == math.ceil(0.25 * lay.visual.size)
         prec.append(precision_score(truth, kept, zero_division=0))
         rec.append(recall_score(truth, kept, zero_division=0))
@@ -329,11 +332,12 @@ def test_str_with_delta_zero_is_the_identity(lm, data):
 def test_str_anchors_are_clamped(lm, data):
     samples, task, _ = data
     preds = get_method("str", gamma_anc=1.5, p_v_anc=1.0, p_t_anc=0.5).predict(lm, samples, task)
-    for p in preds:
+    for p, lay in zip(preds, data[2].layouts):
+        n_visual = lay.visual.size                                    # 128 on the default model: 4 kept
         st = p.extra["nts"][0]["str"]
         gv, gc = np.array(st["gamma_visual"]), np.array(st["gamma_content"])
         av, ac = np.array(st["anchor_visual"]), np.array(st["anchor_content"])
-        assert av.all() and av.size == 1                              # p_v = 0.03: the one kept visual token
+        assert av.all() and av.size == keep_count(n_visual, 0.03)     # p_v = 0.03: every kept visual token
         assert ac.sum() == keep_count(gc.size, 0.5)
         assert (gv[av] >= 1.5 - 1e-6).all() and (gc[ac] >= 1.5 - 1e-6).all()
     for p in get_method("str", anchors=False).predict(lm, samples, task):
@@ -388,10 +392,10 @@ def test_wetr_modules(lm, data):
     torch.testing.assert_close(only_nts, nts, atol=1e-6, rtol=0)          # later triggers re-select the same set
     assert tw.decisions["admitted"].tolist() == tn.decisions["admitted"].tolist()
     preds = get_method("wetr").predict(lm, samples, task)
-    for p in preds:
+    for p, lay in zip(preds, batch.layouts):
         assert p.extra["triggers"] == [2, 4, 6] and len(p.extra["nts"]) == 3
         assert all("str" in t for t in p.extra["nts"])
-        assert p.extra["k_visual"] == 1
+        assert p.extra["k_visual"] == keep_count(lay.visual.size, 0.03)   # ceil(0.03 * 128) = 4 on the default
     _, ts = get_method("wetr", use_nts=False).forward(lm, batch, samples)     # STR alone keeps every token
     assert ts.decisions["admitted"].all() and set(ts.decisions["gamma"]) == {2, 4, 6}
 
@@ -409,7 +413,8 @@ def test_wetr_selection_noise_swaps_within_modalities(lm, data):
             assert int((a[b, grp] & ~n[b, grp]).sum()) == swapped   # r = 1: every kept token swapped (if possible)
     _, base = get_method("wetr", use_nts=False, use_str=False, noise_r=0.5).forward(lm, batch, samples)
     for b, lay in enumerate(batch.layouts):                         # the Table 5 baseline row: random drop
-        assert base.decisions["admitted"][b, lay.visual].sum() == lay.visual.size - 16
+        n = lay.visual.size                                         # round(0.5 * n) dropped: 64 of 128
+        assert base.decisions["admitted"][b, lay.visual].sum() == n - int(np.floor(0.5 * n + 0.5))
 
 
 # =========================================================================== errors

@@ -50,7 +50,12 @@ def test_eps_overrides_the_world_and_subset_selects_conflicts(S):
     from emolens.analysis.setup import setup
     from emolens.data import load_manifest
 
-    eps = float(load_manifest("world-mer").world["eps"]) + 3.0
+    from emolens.world.generator import EPS_MAX
+
+    # a level 3 away from the manifest's, inside the world's range [0, EPS_MAX] (v2's manifest eps is 6)
+    base = float(load_manifest("world-mer").world["eps"])
+    eps = base + 3.0 if base + 3.0 <= EPS_MAX else base - 3.0
+    assert 0.0 <= eps <= EPS_MAX and eps != base
     noisy = setup(S.lm, "world-mer", n=2, eps=eps)
     assert noisy.world == {"eps": eps} and noisy.ds.options["eps"] == eps
     assert not np.array_equal(noisy.samples[0].frames, S.samples[0].frames)

@@ -18,7 +18,7 @@ def lm():
 
 
 def _batch(lm, n=3, view="mer", **kw):
-    w = EmoWorld(view, **kw)
+    w = EmoWorld(view, **{"version": 2, **kw})  # the default model's world
     samples = [w.sample("test", i) for i in range(n)]
     # different prompts -> different lengths -> left padding
     prompts = [P.fine_query(w.labels, foe=(i % 2 == 0), contrastive=(i != 1)) for i in range(n)]
@@ -51,7 +51,7 @@ def test_layout_matches_token_sequence(lm):
 def test_emoset_has_no_audio_tokens(lm):
     _, _, batch = _batch(lm, n=2, view="emoset")
     assert all(l.audio.size == 0 for l in batch.layouts)
-    assert all(l.visual.size == 64 for l in batch.layouts)  # world v2: one 64x64 image, 8x8 patches
+    assert all(l.visual.size == 64 for l in batch.layouts)  # world v2: one 64x64 image, 8 px patches
 
 
 def test_batched_equals_single(lm):
@@ -149,3 +149,23 @@ def test_generate_emits_no_deprecation_warning(lm):
     with torch.no_grad():
         seq = lm.model.generate(**batch.inputs, max_new_tokens=3, do_sample=False)
     assert seq.shape[1] == batch.inputs["input_ids"].shape[1] + 3
+
+
+def test_cue_tokens_follow_the_model_grid_for_resized_frames(lm):
+    """A version-1 clip (32 px frames) fed to the 64 px default: its frames are resized, and its ground-truth
+    cue tokens are read on the model's own 8 x 8 grid (one per visual token), equal to the cue patches of the
+    mask upscaled to 64 px."""
+    from emolens.data import load_dataset
+    from emolens.methods.base import Task
+    from emolens.methods.common import fine_prompts
+
+    s = EmoWorld("mer", eps=0.0, version=1).sample("test", 0)
+    assert s.frames.shape[1] != lm.model.config.image_size
+    task = Task.from_dataset(load_dataset("world-mer", "test", limit=1))
+    lay = lm.encode([s], fine_prompts([s], task)).layouts[0]
+    up = np.repeat(np.repeat(s.cue_mask, 2, axis=1), 2, axis=2)  # 32 -> 64 px, nearest
+    p = lm.model.config.patch_size
+    t, h, ww = up.shape
+    want = up.reshape(t, h // p, p, ww // p, p).any(axis=(2, 4)).reshape(-1)
+    assert lay.cue_visual.size == lay.visual.size == want.size
+    assert np.array_equal(np.asarray(lay.cue_visual, bool), want)

@@ -111,8 +111,23 @@ def execute(path: Path, out_dir: Path, params: dict, progress: bool = False, kee
             "executed": str(out_dir / path.name), "error": error}
 
 
-def _parallel(fn, jobs: int, arglists: list, desc: str) -> list:
-    """``[fn(*args) for args in arglists]``, with up to ``jobs`` of them at once (in order of ``arglists``).
+#: Each notebook's seconds in the last ``--refresh`` (committed): with ``--jobs`` > 1 the longest start
+#: first (LPT scheduling), so a long notebook does not start last and idle the other core.
+DURATIONS = NOTEBOOKS / "durations.json"
+
+
+def _longest_first(paths: list) -> list:
+    """Indices of ``paths`` ordered by their last measured duration, longest first (unknown ones first)."""
+    try:
+        known = json.loads(DURATIONS.read_text())
+    except (OSError, ValueError):
+        known = {}
+    return sorted(range(len(paths)), key=lambda i: -known.get(Path(paths[i]).name, float("inf")))
+
+
+def _parallel(fn, jobs: int, arglists: list, desc: str, order: Optional[list] = None) -> list:
+    """``[fn(*args) for args in arglists]``, with up to ``jobs`` of them at once, started in ``order``
+    (indices; default: as given); results come back in the order of ``arglists``.
 
     Processes, not threads: each papermill run drives its own kernel and asyncio loop; ``spawn`` so no
     lock held by a thread of this process is copied into a child. Hand-written over ``concurrent.futures``
@@ -129,7 +144,7 @@ def _parallel(fn, jobs: int, arglists: list, desc: str) -> list:
 
     out = [None] * len(arglists)
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
-        futs = {ex.submit(fn, *a): i for i, a in enumerate(arglists)}
+        futs = {ex.submit(fn, *arglists[i]): i for i in (order if order is not None else range(len(arglists)))}
         for f in tqdm(as_completed(futs), total=len(futs), desc=desc):
             out[futs[f]] = f.result()
     return out
@@ -162,7 +177,7 @@ def run_collection(out: str = "runs/notebooks", only: Optional[str] = None, para
             declared = declared_parameters(nb)
             mine = {k: v for k, v in params.items() if k in declared}  # collection-wide -p applies where declared
             args.append((nb, outp / nb.stem, mine, False, True))
-        records = _parallel(execute, jobs, args, "notebooks")
+        records = _parallel(execute, jobs, args, "notebooks", order=_longest_first([a[0] for a in args]))
     finally:
         if set_cache:
             os.environ.pop("EMOLENS_CACHE_DIR", None)
@@ -298,7 +313,14 @@ def refresh(only: Optional[str] = None, progress: bool = False, folder: Path = N
         problems = pair_problems(p)
         if problems:
             raise ValueError(f"{problems[0]}; refresh would overwrite one side")
-    return _parallel(_refresh_one, jobs, [(p, progress) for p in paths], "notebooks")
+    done = _parallel(_refresh_one, jobs, [(p, progress) for p in paths], "notebooks", order=_longest_first(paths))
+    if folder == NOTEBOOKS:  # the durations the next parallel run schedules by (merged: --only refreshes some)
+        try:
+            known = json.loads(DURATIONS.read_text())
+        except (OSError, ValueError):
+            known = {}
+        DURATIONS.write_text(json.dumps({**known, **dict(done)}, indent=1, sort_keys=True) + "\n")
+    return done
 
 
 # The sweep moved to emolens.sweep (executors local/submitit/ray); re-exported for older callers.

@@ -150,6 +150,59 @@ def _marked_subtitle(sample, wrap: int) -> str:
     return textwrap.fill(" ".join(words), wrap) if words else "(no subtitle)"
 
 
+def _place_grid(fig, axes, widths: Sequence[float], heights: Sequence[float], sup=None, pad: float = 0.12) -> None:
+    """Place ``axes[rows, cols]`` with fixed box sizes (inches: ``widths`` per column, ``heights`` per row)
+    and size ``fig`` so that no axes' decorations (titles, axis and tick labels) reach another's, nor the
+    suptitle ``sup`` (the Text of ``fig.suptitle``, or None), nor the figure's edge.
+
+    Each decoration sits at a fixed offset (in points) from its axes' edges, so its reach beyond the box
+    does not depend on where the box is: it is measured once on the renderer, with every box at its final
+    size, and every row / column gets the largest reach of its axes on each side plus ``pad`` inches. No
+    layout engine runs afterwards (constrained layout does not converge on fixed-aspect image axes whose
+    cells change shape between its passes: it left the subtitles over the panels below)."""
+    rows, cols = axes.shape
+    dpi = fig.dpi
+    fig.set_size_inches(sum(widths) + 2.0 * cols + 1.0, sum(heights) + 2.0 * rows + 1.0)
+    W, H = fig.get_size_inches()
+    for i in range(rows):  # a provisional grid, each box at its final size (where does not matter)
+        for j in range(cols):
+            x, y = 1.0 + 2.0 * j + sum(widths[:j]), 1.0 + 2.0 * (rows - 1 - i) + sum(heights[i + 1:])
+            axes[i, j].set_position([x / W, y / H, widths[j] / W, heights[i] / H])
+    r = fig.canvas.get_renderer()
+    reach = np.zeros((rows, cols, 4))  # left, bottom, right, top beyond the drawn box, inches
+    for i in range(rows):
+        for j in range(cols):
+            ax = axes[i, j]
+            ax.apply_aspect()
+            box, tight = ax.get_window_extent(r), ax.get_tightbbox(r)
+            if tight is not None:
+                reach[i, j] = np.maximum(0.0, [box.x0 - tight.x0, box.y0 - tight.y0,
+                                               tight.x1 - box.x1, tight.y1 - box.y1]) / dpi
+    left, right = reach[:, :, 0].max(0), reach[:, :, 2].max(0)
+    bottom, top = reach[:, :, 1].max(1), reach[:, :, 3].max(1)
+    sup_w = sup_h = 0.0
+    if sup is not None:
+        e = sup.get_window_extent(r)
+        sup_w, sup_h = e.width / dpi + 2 * pad, e.height / dpi + pad
+    col_w = [left[j] + widths[j] + right[j] for j in range(cols)]
+    W = max(sum(col_w) + pad * (cols + 1), sup_w)
+    x0 = (W - sum(col_w) - pad * (cols - 1)) / 2  # centred (wider only when the suptitle is)
+    H = sum(top[i] + heights[i] + bottom[i] for i in range(rows)) + pad * (rows + 1) + sup_h
+    fig.set_size_inches(W, H)
+    y = H - pad - sup_h
+    for i in range(rows):
+        y -= top[i] + heights[i]
+        x = x0
+        for j in range(cols):
+            x += left[j]
+            axes[i, j].set_position([x / W, y / H, widths[j] / W, heights[i] / H])
+            x += widths[j] + right[j] + pad
+        y -= bottom[i] + pad
+    if sup is not None:
+        sup.set_y(1.0 - pad / H)
+        sup.set_verticalalignment("top")
+
+
 def world_gallery(samples: Sequence, titles: Sequence[str], labels: Sequence[str], *, frame: int = 0,
                   wrap: int = 24, captions: Optional[Sequence[str]] = None, suptitle: str = ""):
     """Small multiples of world samples, one column each: the frame with the speaker's face (the
@@ -157,9 +210,10 @@ def world_gallery(samples: Sequence, titles: Sequence[str], labels: Sequence[str
     prosody vector as bars with the emotion it decodes to (:func:`prosody_emotion`).
 
     One shared x scale for every prosody panel (a bar has the same length in every column); feature
-    names label the first column only; the figure height follows the longest subtitle, so no label
-    overlaps another (tests/test_analysis_usage.py measures it). ``captions``: an extra title line per
-    column (e.g. what each modality expresses). Returns the matplotlib Figure.
+    names label the first column only. Every panel has a fixed size; the rows and columns are spaced by
+    the measured reach of their labels (the longest subtitle, the title lines, the feature names), so no
+    label overlaps another or leaves the figure (tests/test_world_gallery.py measures it). ``captions``:
+    an extra title line per column (e.g. what each modality expresses). Returns the matplotlib Figure.
     """
     import matplotlib.pyplot as plt
 
@@ -172,11 +226,10 @@ def world_gallery(samples: Sequence, titles: Sequence[str], labels: Sequence[str
     audio = [s.audio if s.audio_kind == "features" else None for s in samples]
     has_audio = any(a is not None for a in audio)
     subs = [_marked_subtitle(s, wrap) for s in samples]
-    n_lines = max(t.count("\n") + 1 for t in subs)
     n, rows = len(samples), 2 if has_audio else 1
-    fig, axes = plt.subplots(rows, n, figsize=(2.3 * n + 0.9, 2.6 + 0.17 * n_lines + (2.3 if has_audio else 0.0)),
-                             squeeze=False, layout="constrained",
-                             gridspec_kw={"height_ratios": [2.6 + 0.17 * n_lines, 2.0][:rows]})
+    side = 2.0  # inches: each frame's width; its height follows the frame's aspect
+    aspect = max(s.frames[frame].shape[0] / s.frames[frame].shape[1] for s in samples)
+    fig, axes = plt.subplots(rows, n, squeeze=False)
     lim = max([float(np.abs(a).max()) for a in audio if a is not None] or [1.0]) * 1.1
     for j, (s, title) in enumerate(zip(samples, titles)):
         ax = axes[0, j]
@@ -206,8 +259,8 @@ def world_gallery(samples: Sequence, titles: Sequence[str], labels: Sequence[str
         ax.tick_params(axis="x", labelsize=7)
         ax.set_xlabel("prosody (std units)", fontsize=7)
         ax.set_title(f"audio says: {prosody_emotion(a, labels)}", fontsize=8)
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=10)
+    sup = fig.suptitle(suptitle, fontsize=10) if suptitle else None
+    _place_grid(fig, axes, [side] * n, [side * aspect, 1.6][:rows], sup=sup)
     return fig
 
 

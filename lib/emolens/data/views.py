@@ -5,6 +5,9 @@ Both yield the same :class:`emolens.sample.Sample`; :func:`load_dataset` is the 
 """
 from __future__ import annotations
 
+import copy
+import functools
+import json
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Union
 
@@ -106,7 +109,33 @@ def _world_dataset(m: Manifest, split: str, limit: Optional[int], seed: int, sub
     if limit is not None:
         n = min(n, max(0, int(limit)))
     opts = dict(params, view=view)
-    return Dataset(m, split, n, lambda i: world.sample(split, i), subset=subset, options=opts)
+    key = json.dumps(opts, sort_keys=True, default=str)
+    _WORLDS.setdefault(key, world)
+    return Dataset(m, split, n, lambda i: _fresh(_rendered(key, split, i)), subset=subset, options=opts)
+
+
+# Rendered world samples, shared by every Dataset of this process with the same world parameters: a notebook
+# evaluates the same n samples under many methods, and rendering a clip (~10-25 ms) costs as much as a
+# zero-shot forward of it. The world is a pure function of (parameters, split, index), so a cached clip is
+# the clip; callers get a deep copy, so one that edits a sample in place cannot change another's.
+_WORLDS: Dict[str, Any] = {}
+
+
+@functools.lru_cache(maxsize=8192)  # ~25 KB a clip: at most ~200 MB
+def _rendered(key: str, split: str, i: int):
+    return _WORLDS[key].sample(split, i)
+
+
+def _fresh(s: Sample) -> Sample:
+    """A copy of a cached clip whose arrays and dicts are its own (a deep copy of the metadata costs as much as
+    rendering; one level of dict copy plus array copies is what in-place edits can reach)."""
+    out = copy.copy(s)
+    for k, v in vars(s).items():
+        if isinstance(v, np.ndarray):
+            setattr(out, k, v.copy())
+        elif isinstance(v, dict):
+            setattr(out, k, {a: (b.copy() if isinstance(b, (np.ndarray, list, dict)) else b) for a, b in v.items()})
+    return out
 
 
 def _local_dataset(m: Manifest, split: str, root: Optional[Union[str, Path]], limit: Optional[int],

@@ -290,7 +290,13 @@ class TinyProcessor:
             spans[name] = [start + j for j, (s, e) in enumerate(p_off) if s >= a and e <= b and e > s]
         cue_v = None
         if sample.cue_mask is not None:
-            cue_v = sample.cue_patches(cfg.patch_size)[:n_frames].reshape(-1)
+            # the ground truth on the model's patch grid: frames of another size are resized to image_size
+            # (frames_tensor), so a patch covers (frame side / grid) pixels of the sample's own mask
+            h, w = sample.cue_mask.shape[1:]
+            if h % self.grid or w % self.grid:
+                raise ValueError(f"sample {sample.uid}: its {h}x{w} cue mask does not tile this model's "
+                                 f"{self.grid}x{self.grid} patch grid; render the world at {cfg.image_size} px")
+            cue_v = sample.cue_patches(h // self.grid)[:n_frames].reshape(-1)
         cue_c = None
         if sample.subtitle_cue_words is not None:
             # the world's subtitles are single-token words: word k is content token k

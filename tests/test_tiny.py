@@ -169,3 +169,32 @@ def test_cue_tokens_follow_the_model_grid_for_resized_frames(lm):
     want = up.reshape(t, h // p, p, ww // p, p).any(axis=(2, 4)).reshape(-1)
     assert lay.cue_visual.size == lay.visual.size == want.size
     assert np.array_equal(np.asarray(lay.cue_visual, bool), want)
+
+
+def test_vision_feature_reuse_is_exact_and_follows_the_weights():
+    """CPU inference encodes frame by frame and reuses a frame's features
+    (EmolensTinyForConditionalGeneration._vision_features): cold and warm calls are identical and equal the
+    encoder on that frame alone, whatever else is in the batch; a changed frame is re-encoded; an in-place
+    weight change empties the cache."""
+    m = load_model("emolens-tiny").model
+    w = EmoWorld("mer", version=2)
+    px = torch.stack([torch.from_numpy(f).permute(2, 0, 1).float() / 255
+                      for i in range(2) for f in w.sample("test", i).frames])          # [4, 3, 64, 64]
+    fi = torch.tensor([0, 1, 0, 1])
+    with torch.no_grad():
+        alone = torch.stack([m.vision(px[i:i + 1], fi[i:i + 1])[0] for i in range(4)])
+        cold = m._vision_features(px, fi)
+        warm = m._vision_features(px[[2, 3, 0, 1]], fi[[2, 3, 0, 1]])                 # other order: cache hits
+        assert torch.equal(cold, alone) and torch.equal(warm, alone[[2, 3, 0, 1]])
+        torch.testing.assert_close(cold, m.vision(px, fi), rtol=1e-5, atol=1e-5)      # the batched encoder
+        px2 = px.clone()
+        px2[0, :, :8, :8] = 0.0
+        changed = m._vision_features(px2, fi)
+        assert torch.equal(changed[1:], alone[1:]) and not torch.equal(changed[0], alone[0])
+        orig = m.vision.row.weight.clone()
+        m.vision.row.weight.add_(1.0)  # in place: bumps the version counter
+        try:
+            assert not torch.equal(m._vision_features(px, fi), alone)
+        finally:
+            m.vision.row.weight.copy_(orig)
+        assert torch.equal(m._vision_features(px, fi), alone)

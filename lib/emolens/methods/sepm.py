@@ -35,9 +35,13 @@ Choices the paper leaves open (each made once, here):
 
 1. **p in Eq. 3-4** is the whole-vocabulary softmax, not renormalised over A/B ("a probability
    distribution over the vocabulary, we find the indices corresponding to the letters A and B");
-   so C is in [0, 1/4] (C = (p_A - p_B)^2 / 4). A letter spelled by several token ids (with and
-   without a leading space, from ``lm.option_token_ids``) gets the sum of their probabilities
-   (``answers.vocab_probs``). alpha >= 0.25 therefore sends every sample to the ambiguous branch.
+   so C is in [0, 1/4] (C = (p_A - p_B)^2 / 4). "The indices corresponding to A and B" are the
+   model's verbalizer ids from ``lm.option_token_ids``: the letters for a letter-answering model (HF
+   checkpoints), the option's label word ("positive"/"negative") for emolens-tiny, which answers by naming
+   the option (``LoadedModel.verbalizer == "word"``, survey Eq. 25). An option spelled by several token ids
+   (with and without a leading space) gets the sum of their probabilities (``answers.vocab_probs``). On
+   emolens-tiny the coarse query's whole-vocabulary mass goes mostly to fine emotion words, so p_A + p_B is
+   ~1e-3 and C ~1e-7: at the paper's alpha = 0.1 no sample is trusted (notebook 04 shows C's own scale). alpha >= 0.25 therefore sends every sample to the ambiguous branch.
    Ties (C == alpha) go to the ambiguous branch: the paper's test is ``if C > alpha``.
 2. **Coarse answer Ê** = the letter with the larger logit among A and B (argmax of the option
    softmax; identical to comparing p_A and p_B).
@@ -135,7 +139,8 @@ _FLOOR_EPS = 1e-9
 def coarse_confidence(p_a, p_b):
     """SEPM Eq. (4): C = [(p_A - mu)^2 + (p_B - mu)^2] / 2, mu = (p_A + p_B) / 2.
 
-    ``p_a``, ``p_b``: the letters' probabilities under the whole-vocabulary softmax of Eq. (3)
+    ``p_a``, ``p_b``: the two options' probabilities (their verbalizer ids: letters, or label words for a
+    word-verbalizer model) under the whole-vocabulary softmax of Eq. (3)
     (``answers.Answer.vocab_probs``), not renormalised over the two options; C in [0, 1/4].
     Delegates to :func:`emolens.metrics.confidence_variance` (float for scalars, else array).
     """
@@ -355,7 +360,7 @@ class Stage1:
         answers: the stage-1 :class:`~emolens.answers.Answer` s (None without a forward).
         logits: ``[B, V]`` float32 next-token logits at the answer position (Eq. 3's z), or None.
         confidence: ``[B]`` C of Eq. (4), or None without a coarse stage.
-        p_a, p_b: ``[B]`` whole-vocabulary probabilities of letters A / B (Eq. 3), or None.
+        p_a, p_b: ``[B]`` whole-vocabulary probabilities of options A / B (their verbalizer ids; Eq. 3), or None.
         coarse: Ê per sample (``"positive"``/``"negative"``), or None.
         branch: ``"positive"`` / ``"negative"`` / ``"ambiguous"`` (CCI) or ``"all"`` (CCI off).
         rows: the span whose attention rows gave the significance (``"foe"``/``"question"``) or None.

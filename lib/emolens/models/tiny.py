@@ -160,7 +160,7 @@ class EmolensTinyForConditionalGeneration(PreTrainedModel, GenerationMixin):
         if pixel_values is not None and bool((input_ids == cfg.image_token_id).any()):
             if frame_index is None:
                 frame_index = torch.zeros(pixel_values.shape[0], dtype=torch.long, device=pixel_values.device)
-            vis = self.vision(pixel_values.to(emb.dtype), frame_index).reshape(-1, emb.shape[-1])
+            vis = self._vision_features(pixel_values.to(emb.dtype), frame_index).reshape(-1, emb.shape[-1])
             m = input_ids == cfg.image_token_id
             if int(m.sum()) != vis.shape[0]:
                 raise ValueError(f"{int(m.sum())} <image> tokens but {vis.shape[0]} visual features; encode inputs with the emolens-tiny processor")
@@ -172,6 +172,43 @@ class EmolensTinyForConditionalGeneration(PreTrainedModel, GenerationMixin):
                 raise ValueError(f"{int(m.sum())} <audio> tokens but {aud.shape[0]} audio features; encode inputs with the emolens-tiny processor")
             emb = emb.masked_scatter(m[..., None], aud.to(emb.dtype))
         return emb
+
+    #: frames whose features are kept for reuse in CPU inference (~32 KB each)
+    VISION_CACHE_SIZE = 8192
+
+    def _vision_features(self, pixel_values: torch.Tensor, frame_index: torch.Tensor) -> torch.Tensor:
+        """``[N, 3, S, S]`` frames, ``[N]`` frame positions -> ``[N, g*g, hidden]`` patch features.
+
+        CPU inference encodes each frame on its own and keeps its features for reuse: a notebook scores the
+        same clips under many methods, all of which act after the encoder, and on CPU the conv encoder is
+        about 40 % of a zero-shot forward. One frame at a time makes a frame's features a function of that
+        frame alone (a batched conv may differ in the last bits with the batch's size), so a cached and a
+        fresh call return identical tensors and results never depend on what ran before. The cache is
+        emptied whenever a vision weight changes in place (optimizer steps and load_state_dict bump torch's
+        version counters); autograd on, train mode and non-CPU devices use the batched encoder directly."""
+        if torch.is_grad_enabled() or self.training or pixel_values.device.type != "cpu":
+            return self.vision(pixel_values, frame_index)
+        import hashlib
+        from collections import OrderedDict
+
+        state = (pixel_values.dtype,) + tuple(p._version for p in self.vision.parameters())
+        cache = getattr(self, "_vis_cache", None)
+        if cache is None or self._vis_state != state:
+            cache = self._vis_cache = OrderedDict()
+            self._vis_state = state
+        px = pixel_values.contiguous()
+        out = []
+        for i in range(px.shape[0]):
+            key = (hashlib.blake2b(px[i].numpy().tobytes(), digest_size=16).digest(), int(frame_index[i]))
+            feat = cache.get(key)
+            if feat is None:
+                feat = cache[key] = self.vision(px[i:i + 1], frame_index[i:i + 1])[0]
+                if len(cache) > self.VISION_CACHE_SIZE:
+                    cache.popitem(last=False)
+            else:
+                cache.move_to_end(key)
+            out.append(feat)
+        return torch.stack(out)
 
     def forward(self, input_ids=None, pixel_values=None, frame_index=None, audio_values=None, attention_mask=None,
                 position_ids=None, past_key_values=None, inputs_embeds=None, labels=None, use_cache=None,

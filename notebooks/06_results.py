@@ -56,7 +56,7 @@ spec.loader.exec_module(V)
 print(f"{len(claims)} claims, n = {verdicts['n']} test samples per run"
       + (" (PARTIAL: the run that wrote this file did not finish)" if verdicts.get("partial") else ""))
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## The verdict table
 #
 # Decision rule (`benchmarks/verdicts.py`): a claim is split into its comparisons. A comparison
@@ -164,7 +164,7 @@ plots.save(fig, out_dir, "upper_bound")
 bars_overlaps = usage.overlapping_texts(fig)
 table.round(4)
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## What we found
 
 # %% tags=[]
@@ -217,7 +217,7 @@ if len(tf) and vs_base:
            if gap_word != "HELD" else " Part of what training buys, inference-time token usage buys too."))
 display(Markdown("\n\n".join(lines)))
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## Checks that fail loudly
 #
 # These hold whatever the verdicts are: every comparison's CI contains its estimate and its verdict
@@ -230,6 +230,9 @@ display(Markdown("\n\n".join(lines)))
 for c in claims:
     for p in c["parts"]:
         lo, hi = p["ci"]
+        if not np.isfinite([p["delta"], lo, hi]).all():  # undefined (e.g. no sample above SEPM's alpha)
+            assert p["verdict"] == "unresolved", (c["id"], p)
+            continue
         assert lo - 1e-9 <= p["delta"] <= hi + 1e-9, (c["id"], p)
         if min(abs(lo), abs(hi)) > 0.01:  # the stored CI is rounded to 0.01: a bound at 0 can flip on rounding
             assert V.judge(p["delta"], lo, hi, 1 if p["direction"] == "> 0" else -1) == p["verdict"], (c["id"], p)
@@ -251,7 +254,7 @@ if readme.is_file() and not recompute_verdicts and vpath.resolve() == (REPO / "b
 assert not forest_overlaps and not bars_overlaps, (forest_overlaps, bars_overlaps)
 print("checks passed")
 
-# %%
+# %% tags=[]
 summary = {"war_zero_shot": float(zs_ci[0]), "war_upper_bound": float(ft_ci[0]), "upper_bound_gap": float(gap[0]),
            **{f"war_{r.method}": float(r.WAR) for r in tf.itertuples()},
            **{f"verdict_{c['id']}": c["verdict"] for c in claims}}

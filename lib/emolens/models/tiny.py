@@ -199,7 +199,8 @@ class EmolensTinyForConditionalGeneration(PreTrainedModel, GenerationMixin):
         px = pixel_values.contiguous()
         out = []
         for i in range(px.shape[0]):
-            key = (hashlib.blake2b(px[i].numpy().tobytes(), digest_size=16).digest(), int(frame_index[i]))
+            key = (hashlib.blake2b(px[i].view(torch.uint8).numpy().tobytes(), digest_size=16).digest(),  # any dtype (bf16 too)
+                   int(frame_index[i]))
             feat = cache.get(key)
             if feat is None:
                 feat = cache[key] = self.vision(px[i:i + 1], frame_index[i:i + 1])[0]

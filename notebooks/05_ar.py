@@ -1,4 +1,4 @@
-# %% [markdown]
+# %% [markdown] tags=[]
 # # 05 · AR: attention reallocation between audio and visual tokens (MoSEAR)
 #
 # MoSEAR (seed 003) observes that emotion MLLMs over-trust audio when audio and video disagree: on
@@ -59,7 +59,7 @@ seed: int = 0  # seed of evaluation and bootstrap
 device: str = "auto"  # auto | cpu | cuda
 out_dir: str = "../runs/notebooks/05_ar"  # where figures and results.json go
 
-# %%
+# %% tags=[]
 import json
 import pathlib
 
@@ -93,7 +93,7 @@ print(f"middle third of the layers: {mid}; tokens per clip: {n_visual} {target},
       f"{len(lay0.content)} subtitle")
 print("labels:", task.labels)
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## Hypothesis (MoSEAR's claims, each tested below)
 #
 # * **Fig. 3a/b (premise):** on video-aligned *failures*, the middle layers give the audio tokens more
@@ -107,7 +107,7 @@ print("labels:", task.labels)
 # **failed** when one excludes 0 the other way, and is **unresolved** otherwise (the rules of
 # `benchmarks/verdicts.py`).
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## 1 · Unimodal attention proportion per layer (MoSEAR Eq. 1, Fig. 3a)
 #
 # At the answer position (the row whose next-token logits give the answer letter),
@@ -118,7 +118,7 @@ print("labels:", task.labels)
 # each modality expresses, so we can check the behaviour directly: on a video-aligned sample, does a
 # wrong answer follow the audio's emotion?
 
-# %%
+# %% tags=[]
 prof = uap_profile(lm, samples, task, groups=(target, source), middle=mid)
 fail = ~prof["correct"]
 follows_audio = np.array([p == s.labels_by_modality.get("audio") for p, s in zip(prof["pred"], samples)])
@@ -146,14 +146,14 @@ print(f"{source} - {target}, middle third, {premise['n']} {'failures' if fail.an
       f"per token {premise['per_token'][0]:+.5f} [{premise['per_token'][1]:+.5f}, {premise['per_token'][2]:+.5f}]")
 uap_layers.round(4)
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## 2 · Per-token attention over the middle layers (Fig. 3b)
 #
 # One sample (the first failure case unless `sample_index` says otherwise): the answer row's attention,
 # averaged over heads and the middle third of the layers, on every token of the sequence, coloured by
 # token group. The y axis is logarithmic, as MoSEAR's figure compares weights of order $10^{-1}$ and $10^{-3}$.
 
-# %%
+# %% tags=[]
 i0 = sample_index if sample_index >= 0 else (int(np.flatnonzero(fail)[0]) if fail.any() else 0)
 s = samples[i0]
 prompt = fine_prompts([s], task)
@@ -181,18 +181,21 @@ ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 fig.tight_layout()
 plots.save(fig, out_dir, "per_token_attention")
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## 3 · Token imbalance (MoSEAR Fig. 3c)
 #
 # MoSEAR retrains Emotion-LLaMA with its audio token duplicated until the counts match, and sees the
-# video-aligned subset improve while the audio-aligned subset degrades. emolens-tiny's variants were
-# trained the same way (the default's recipe, its audio projector tiled to 4, 16 and 64 tokens: no new
-# audio information). For each variant that is present: the answer row's attention per audio token and
+# video-aligned subset improve while the audio-aligned subset degrades. emolens-tiny's variants start
+# from the default's weights with its audio projector tiled to 4, 16 and 64 tokens (no new audio
+# information), then continue the default's recipe, **for only 10 steps in the shipped checkpoints** (each
+# variant's `train_log.json`; `emolens train-tiny --from emolens-tiny --audio-tokens N --steps S` for more).
+# A short adaptation is not MoSEAR's full retraining: a WAR change across the variants measures the added
+# tokens *and* how little the model adapted to them. For each variant that is present: the answer row's attention per audio token and
 # per visual token and in total (UAP), middle third of the layers, on the first `n_samples`
 # video-aligned samples and on their failures; and zero-shot WAR on the first `n_eval` samples of each
 # subset. Every number has a 95 % bootstrap interval over samples.
 
-# %%
+# %% tags=[]
 by_name = {model: lm}
 more, missing = load_variants([v for v in variants if v != model], device=device)
 by_name.update(more)
@@ -232,14 +235,14 @@ plots.save(fig, out_dir, "fig3c_war")
 display(imb_att.round(5))
 imb_war.pivot(index="audio_tokens", columns="subset", values="war").round(4)
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## 4 · Biased layers and heads for one sample (Eq. 5-7)
 #
 # For the same sample: per layer and head, $S_h(\omega, \mathcal A)$, $S_h(\omega, \mathcal V)$, the head
 # ratio $c_h$ (Eq. 5), the layer ratio $c$ (Eq. 6) and the biased set (Eq. 7) at `tau`. A layer is
 # biased only when $c > \tau$; then its heads with $c_h > c$ are biased.
 
-# %%
+# %% tags=[]
 heads = head_table(rows, lay, tau, source=source, target=target)
 layer_c = heads.groupby("layer")["c"].first()
 n_biased = int(heads["biased"].sum())
@@ -259,7 +262,7 @@ for r_ in heads[heads["biased"]].itertuples():
 plots.save(fig, out_dir, "head_ratios")
 heads.round(4)
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## 5 · Reallocating one head (Eq. 8-14), before and after
 #
 # The biased head with the largest $\Delta_h$ is reallocated with the closed form
@@ -272,7 +275,7 @@ heads.round(4)
 # unchanged (Eq. 9), each token's share within its group is unchanged (Eq. 10-11), every other key and
 # every unbiased head is untouched, and the row still sums to 1.
 
-# %%
+# %% tags=[]
 biased = heads[heads["biased"]].copy()
 biased["delta"] = (biased["S_A"] - biased["c"] * biased["S_V"]) / (1 + biased["c"])   # Eq. (14)
 pick = biased.sort_values(["delta", "layer", "head"], ascending=[False, True, True]).iloc[0]
@@ -298,7 +301,7 @@ plots.save(fig, out_dir, "head_visual_tokens")
 pd.Series(rep).to_frame("value").T.round(6)
 
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ### Exercise: Eq. 12-14 in a few lines of torch
 #
 # Implement the reallocation of one head: given its attention row `w` (`[K]`, float64), the positions
@@ -309,7 +312,7 @@ pd.Series(rep).to_frame("value").T.round(6)
 # compares your result with `emolens.methods.ar.reallocate_head` on the head above. Leave the stub
 # returning `None` and the check runs on the (collapsed) solution instead, saying so.
 
-# %%
+# %% tags=[]
 def my_reallocate_head(w: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor, c: float):
     """w: [K] float64 attention row of one head; src, tgt: LongTensor positions; c: the layer ratio (Eq. 6).
     Returns w' [K] (Eq. 12-14)."""
@@ -317,7 +320,7 @@ def my_reallocate_head(w: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor, c:
     return None
 
 
-# %% jupyter={"source_hidden": true}
+# %% jupyter={"source_hidden": true} tags=[]
 # Solution (collapsed in JupyterLab; click to expand).
 def solution_reallocate_head(w: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor, c: float) -> torch.Tensor:
     s_a, s_v = w[src].sum(), w[tgt].sum()          # S_h(w, A), S_h(w, V)
@@ -328,7 +331,7 @@ def solution_reallocate_head(w: torch.Tensor, src: torch.Tensor, tgt: torch.Tens
     return out
 
 
-# %%
+# %% tags=[]
 src_t, tgt_t = torch.as_tensor(src, dtype=torch.long), torch.as_tensor(tgt, dtype=torch.long)
 mine = my_reallocate_head(w.clone(), src_t, tgt_t, float(pick["c"]))
 checked = "your my_reallocate_head" if mine is not None else "the solution (my_reallocate_head returned None)"
@@ -338,13 +341,13 @@ assert candidate.shape == w_new.shape and exercise_err < 1e-12, f"{checked} diff
 print(f"checked {checked}: equals emolens.methods.ar.reallocate_head on layer {l_}, head {h_} "
       f"(max |difference| {exercise_err:.2e})")
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # The same step for the whole layer through `reallocate` (Algorithm 1), and through the model: AR's plan
 # with `record=True` stores, at every layer, the rows before and after the edit inside one forward
 # (earlier layers' edits already shape later layers' inputs). Each edited head must satisfy the
 # constraints; every other head must be bit-identical.
 
-# %%
+# %% tags=[]
 layer_rows = torch.stack([rows[l] for l in range(L)])[:, None, :, None, :]   # [L, 1, H, 1, K]
 src_m = torch.zeros(lay.seq_len, dtype=torch.bool); src_m[torch.as_tensor(src)] = True
 tgt_m = torch.zeros(lay.seq_len, dtype=torch.bool); tgt_m[torch.as_tensor(tgt)] = True
@@ -371,7 +374,7 @@ print(f"in the forward at tau = {tau_show}: {int(forward_checks['biased'].sum())
       f"answer {prof['pred'][i0]} -> {answers_ar[0].label} (gold {s.label})")
 forward_checks[forward_checks["biased"]].drop(columns=["biased"]).round(6)
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## 6 · AR against PAI on the three conflict subsets (MoSEAR Table 7), and AR mirrored
 #
 # Each subset is evaluated with the same fine query: zero-shot, PAI (visual scores $s \leftarrow s + \alpha|s|$
@@ -385,7 +388,7 @@ forward_checks[forward_checks["biased"]].drop(columns=["biased"]).round(6)
 # way (it over-weights the visual tokens in total), the mirrored question is AR with source = visual and
 # target = audio, on the subset where the audio is right: audio-aligned.
 
-# %%
+# %% tags=[]
 configs7 = {"zero-shot": {"method": "zero-shot"},
             "PAI": {"method": "pai", "alpha": pai_alpha, "layers": pai_layers},
             "AR": {"method": "ar", "tau": tau, "source": source, "target": target}}
@@ -439,7 +442,7 @@ pai_mass = np.array([[q["extra"]["pai"]["mass_before"], q["extra"]["pai"]["mass_
 print(f"PAI: {target} mass of the answer row (mean over samples and its layers) {pai_mass[:, 0].mean():.4f} -> {pai_mass[:, 1].mean():.4f}")
 table7.round(4)
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## 7 · The threshold $\tau$ (MoSEAR Table 8)
 #
 # $\tau = 0$ edits every layer with $c > 0$; larger $\tau$ edits only layers where audio already outweighs
@@ -449,7 +452,7 @@ table7.round(4)
 # some layers and leaves others. `touched` shows how much of the model each $\tau$ actually edits; the
 # figure shows each $\tau$'s paired WAR difference to zero-shot with its 95 % interval.
 
-# %%
+# %% tags=[]
 c_zs = prof["uap"][source] / np.maximum(prof["uap"][target], 1e-300)          # [N, L]: Eq. 6 = UAP_a / UAP_v
 c_fin = c_zs[np.isfinite(c_zs)]
 tau_q = [float(f"{np.quantile(c_fin, q):.3g}") for q in tau_quantiles] if c_fin.size else []
@@ -484,7 +487,7 @@ fig.tight_layout()
 plots.save(fig, out_dir, "table8_touched")
 wide8.round(4)
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## 8 · Explore $\tau$
 #
 # What the explorer below shows, for every $\tau$ of the sweep at once: for the inspected sample, how
@@ -492,7 +495,7 @@ wide8.round(4)
 # accuracy at each $\tau$ is Table 8 above. Raising $\tau$ above the largest layer ratio $c$ switches AR
 # off entirely.
 
-# %%
+# %% tags=[]
 H = rows[0].shape[0]
 biased_by_tau = np.stack([head_table(rows, lay, t, source=source, target=target).groupby("layer")["biased"].sum()
                           .reindex(range(L)).to_numpy() for t in taus_all])            # [n_taus, L]
@@ -502,12 +505,12 @@ fig = plots.attention_heatmap(biased_by_tau, xlabels=list(range(L)), ylabels=[f"
 plots.save(fig, out_dir, "biased_heads_by_tau")
 
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # The interactive version: in JupyterLab pick $\tau$ and press Run to see the biased heads of the
 # inspected sample and AR's accuracy on the analysed subset at that $\tau$ (evaluated once per $\tau$,
 # then cached). Headless runs show only the controls.
 
-# %%
+# %% tags=[]
 # NBVAL_IGNORE_OUTPUT
 def explore(tau=tau):
     ht = head_table(rows, lay, tau, source=source, target=target)
@@ -521,12 +524,12 @@ def explore(tau=tau):
 explorer(explore, tau=sorted(set(taus_all) | {0.01, 0.05, 0.1, 0.5}))
 
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## What we found
 #
 # Built from this run's numbers (every number below is inserted by code).
 
-# %%
+# %% tags=[]
 def ci_txt(t, scale=100.0, unit=" pts", sign=True, digits=2):
     """'est [lo, hi]' of an (estimate, lo, hi) triple, times scale (100: percentage points)."""
     f = f"{'+' if sign else ''}.{digits}f"
@@ -620,7 +623,7 @@ lines_ += [
 ]
 display(Markdown("\n".join(lines_)))
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## Checks that fail loudly
 #
 # Structural truths on this model's real attention (no claim that AR or PAI wins):
@@ -636,7 +639,7 @@ display(Markdown("\n".join(lines_)))
 # * Fig. 3c: per-token attention times the token count is the total (mass conservation), and each
 #   variant has the number of audio tokens its name says.
 
-# %%
+# %% tags=[]
 for g in (target, source):
     assert np.all((prof["uap"][g] >= 0) & (prof["uap"][g] <= 1 + 1e-9)), g
 assert np.all(prof["uap"][target] + prof["uap"][source] <= 1 + 1e-9)
@@ -681,7 +684,7 @@ for name, n_a in imb_war.groupby("model")["audio_tokens"].first().items():
 assert set(fig3c_models) | set(missing) == set(variants)
 print("all checks passed")
 
-# %%
+# %% tags=[]
 summary = {"acc_subset": float(prof["correct"].mean()), "n_failures": int(fail.sum()),
            "answers_follow_audio": float(follows_audio.mean()), "answers_follow_face": float(follows_video.mean()),
            f"uap_{target}_middle": float(prof["uap_middle"][target].mean()), f"uap_{source}_middle": float(prof["uap_middle"][source].mean()),
